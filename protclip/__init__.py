@@ -1,0 +1,2 @@
+"""ProtCLIP trainer."""
+__version__ = "0.1.0"

@@ -1,0 +1,31 @@
+"""Where the project's files and the shared real data live.
+
+The real UniProt samples, the DeepLoc test set and the GO slim sit in a ``shared/data`` folder beside the
+checkout (CI clones the repo next to it). ``PROTCLIP_SHARED_DATA`` points elsewhere when needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """Return the folder with the real sample data, or raise naming where it was looked for."""
+    env = os.environ.get("PROTCLIP_SHARED_DATA")
+    candidates = [Path(env)] if env else [REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(
+        "shared data folder not found (looked in: "
+        + ", ".join(str(c) for c in candidates)
+        + "); set PROTCLIP_SHARED_DATA to the folder holding uniprot_samples/"
+    )
+
+
+def uniprot_samples_dat() -> Path:
+    """The 103 real UniProtKB flat-file entries used by tests and the demo."""
+    return shared_data_dir() / "uniprot_samples" / "uniprot_samples.dat"
