@@ -37,6 +37,22 @@ class StorageConfig:
                  for f in dataclasses.fields(self)}
         return "StorageConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
+    def resolved(self) -> StorageConfig:
+        """A copy with endpoint, region and credentials taken from this process's environment where unset.
+
+        Remote tasks (Ray Data readers, writers) get this copy, so they do not depend on their own environment
+        matching the driver's (env vars set after ``ray.init`` never reach workers).
+        """
+        env = os.environ
+        return dataclasses.replace(
+            self,
+            endpoint_url=self.resolved_endpoint(),
+            region=self.region or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
+            access_key_id=self.access_key_id or env.get("AWS_ACCESS_KEY_ID"),
+            secret_access_key=self.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=self.session_token or env.get("AWS_SESSION_TOKEN"),
+        )
+
     def resolved_endpoint(self) -> str | None:
         return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 

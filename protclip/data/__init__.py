@@ -1,0 +1,4 @@
+"""Data layer: UniProt parsing, the ProtAnno schema, property-driven sampling.
+
+Kept import-free on purpose: Ray workers and tests import only the submodule they need.
+"""

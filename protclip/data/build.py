@@ -1,0 +1,491 @@
+"""The distributed ProtAnno build: raw UniProtKB files in any storage -> versioned Parquet shards + manifest.
+
+Pipeline (Ray Data, streaming; nothing is collected on one node):
+
+1. ``UniProtRawDatasource`` cuts every input into units of raw records. A plain ``.dat`` is split into
+   record-aligned byte ranges (one read task each, found by seeking, not by scanning the file); a ``.dat.gz``
+   cannot be seeked, so one read task streams it and yields blocks of about ``chunk_bytes`` of raw records as it
+   goes, never the whole file. TSV exports are read per file.
+2. ``map_batches(ParseBlock)`` parses the raw records on all CPUs into ProtAnno rows; malformed entries become
+   error rows (file, byte offset, line, accession, reason) instead of exceptions.
+3. ``ProtAnnoSink`` writes the good rows as Parquet shards (optionally after the ``once`` sampling of the paper,
+   i.e. ProtAnno-D) and returns per-shard statistics and the error rows to the driver, which writes
+   ``manifest.json`` and ``malformed.jsonl``. Counts always add up: parsed + malformed (+ sampled out) = seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from protclip import storage
+from protclip.data.sampling import SamplingConfig, keep_mask
+from protclip.data.schema import PROTANNO_SCHEMA, SCHEMA_VERSION, record_to_row
+from protclip.data.uniprot import parse_raw
+from protclip.data.uniprot_records import MalformedRecord, RawRecord, UniProtRecord
+from protclip.data.uniprot_split import find_record_boundaries, iter_raw_records, iter_record_batches
+
+_log = logging.getLogger(__name__)
+
+RAW_SCHEMA = pa.schema([("source", pa.string()), ("offset", pa.int64()), ("line", pa.int64()),
+                        ("data", pa.binary()), ("terminated", pa.bool_())])
+ERROR_FIELDS = ("source", "byte_offset", "line", "accession", "reason")
+_ERROR_SCHEMA = pa.schema([("source", pa.string()), ("byte_offset", pa.int64()), ("line", pa.int64()),
+                           ("accession", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class BuildConfig:
+    """What to build and where. ``inputs`` are files, folders or glob patterns on any supported storage."""
+
+    inputs: list[str] = field(default_factory=list)  # e.g. ["s3://uniprot/uniprot_sprot.dat.gz"]
+    output: str = "outputs/protanno"  # folder/prefix for part-*.parquet, manifest.json, malformed.jsonl
+    chunk_bytes: int = 32 << 20  # raw bytes per parse unit (plain .dat byte range / .gz block)
+    rows_per_shard: int = 200_000  # Parquet shard size target (fewer, larger files scale better on S3)
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(mode="none"))  # "once" = ProtAnno-D
+    overwrite: bool = False  # refuse to write into a non-empty output unless set
+    verify_crc: bool = True  # check the SQ-line CRC64 (cheap; catches corrupted sequences)
+    max_malformed_fraction: float = 1.0  # fail the job (after writing the report) above this share
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes < 4096:
+            raise ValueError("chunk_bytes must be >= 4096")
+        if self.rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be >= 1")
+        if self.sampling.mode == "per_epoch":
+            raise ValueError("sampling.mode 'per_epoch' is a training-time mode; use 'once' or 'none' at build time")
+        if not 0.0 <= self.max_malformed_fraction <= 1.0:
+            raise ValueError("max_malformed_fraction must be within [0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str  # as given/expanded, with scheme
+    size: int
+    kind: str  # "dat", "dat.gz", "tsv", "tsv.gz"
+
+
+def _kind(path: str, head: bytes) -> str:
+    low = path.lower()
+    gz = head[:2] == b"\x1f\x8b" or low.endswith(".gz")
+    base = low[:-3] if low.endswith(".gz") else low
+    tsv = base.endswith((".tsv", ".tab"))
+    return ("tsv" if tsv else "dat") + (".gz" if gz else "")
+
+
+def list_inputs(patterns: list[str], cfg: storage.StorageConfig | None = None) -> list[InputFile]:
+    """Expand files / folders / globs into a sorted list of input files (error if a pattern matches nothing)."""
+    out: list[InputFile] = []
+    for pat in patterns:
+        fs, path = storage.filesystem(pat, cfg)
+        scheme = storage.scheme_of(pat)
+        prefix = "" if scheme in ("file", "local") else f"{scheme}://"
+        if any(c in path for c in "*?["):
+            matches = sorted(fs.glob(path))
+        elif fs.isdir(path):
+            matches = sorted(p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_")))
+        elif fs.exists(path):
+            matches = [path]
+        else:
+            raise storage.StorageError(f"input not found: {pat}")
+        if not matches:
+            raise storage.StorageError(f"input pattern matched no files: {pat}")
+        for m in matches:
+            with fs.open(m, "rb") as f:
+                head = f.read(2)
+            out.append(InputFile(prefix + m, int(fs.size(m)), _kind(m, head)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _raw_table(raws: list[RawRecord], source: str) -> pa.Table:
+    return pa.table(
+        {"source": [source] * len(raws), "offset": [r.offset for r in raws], "line": [r.line for r in raws],
+         "data": [r.data for r in raws], "terminated": [r.terminated for r in raws]},
+        schema=RAW_SCHEMA,
+    )
+
+
+def _open(uri: str, cfg: storage.StorageConfig | None):
+    fs, path = storage.filesystem(uri, cfg)
+    return fs.open(path, "rb")
+
+
+def _read_dat_range(uri: str, start: int, end: int, cfg, chunk_bytes: int) -> Iterator[pa.Table]:
+    with _open(uri, cfg) as f:
+        f.seek(start)
+        batch: list[RawRecord] = []
+        size = 0
+        line = 1 if start == 0 else None
+        for raw in iter_raw_records(f, start_offset=start, start_line=line, max_bytes=end - start):
+            batch.append(raw)
+            size += len(raw.data)
+            if size >= chunk_bytes:
+                yield _raw_table(batch, uri)
+                batch, size = [], 0
+        if batch:
+            yield _raw_table(batch, uri)
+
+
+def _read_gz_stream(uri: str, cfg, chunk_bytes: int) -> Iterator[pa.Table]:
+    import gzip
+
+    with _open(uri, cfg) as raw_f, gzip.GzipFile(fileobj=raw_f, mode="rb") as f:
+        for batch in iter_record_batches(f, batch_bytes=chunk_bytes):
+            yield _raw_table(batch, uri)
+
+
+def _read_tsv(uri: str, cfg) -> Iterator[pa.Table]:
+    """TSV exports are parsed in the read task itself (rows are one line each; no split step needed)."""
+    import gzip
+
+    from protclip.data.uniprot_tsv import iter_tsv_records
+
+    with _open(uri, cfg) as raw_f:
+        f = gzip.GzipFile(fileobj=raw_f, mode="rb") if uri.lower().endswith(".gz") else raw_f
+        buf: list[Any] = []
+        for res in iter_tsv_records(f, uri):
+            buf.append(res)
+            if len(buf) >= 20_000:
+                yield _results_table(buf)
+                buf = []
+        if buf:
+            yield _results_table(buf)
+
+
+class UniProtRawDatasource:
+    """Ray Data datasource yielding raw record blocks (or parsed blocks for TSV) from UniProt inputs."""
+
+    def __init__(self, files: list[InputFile], cfg: storage.StorageConfig | None, chunk_bytes: int) -> None:
+        self.files = files
+        self.cfg = cfg
+        self.chunk_bytes = chunk_bytes
+        self.units = self._plan()
+
+    def _plan(self) -> list[tuple[str, InputFile, int, int]]:
+        units: list[tuple[str, InputFile, int, int]] = []
+        for fi in self.files:
+            if fi.kind == "dat" and fi.size > self.chunk_bytes:
+                with _open(fi.uri, self.cfg) as f:
+                    starts = find_record_boundaries(f, self.chunk_bytes)
+                bounds = sorted(set([0, *starts])) + [fi.size]
+                units += [("dat", fi, s, e) for s, e in zip(bounds[:-1], bounds[1:], strict=True) if e > s]
+            elif fi.kind == "dat":
+                units.append(("dat", fi, 0, fi.size))
+            elif fi.kind == "dat.gz":
+                units.append(("gz", fi, 0, fi.size))
+            else:
+                units.append(("tsv", fi, 0, fi.size))
+        return units
+
+    def as_ray_datasource(self):
+        """Build the ``ray.data.Datasource`` subclass lazily so this module stays importable without Ray."""
+        from ray.data.block import BlockMetadata
+        from ray.data.datasource import Datasource, ReadTask
+
+        outer = self
+
+        class _DS(Datasource):
+            def estimate_inmemory_data_size(self) -> int | None:
+                return sum(fi.size for fi in outer.files)
+
+            def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
+                tasks = []
+                for kind, fi, s, e in outer.units:
+                    meta = BlockMetadata(num_rows=None, size_bytes=e - s, exec_stats=None, input_files=[fi.uri])
+                    if kind == "dat":
+                        fn = _bind(_read_dat_range, fi.uri, s, e, outer.cfg, outer.chunk_bytes)
+                    elif kind == "gz":
+                        fn = _bind(_read_gz_stream, fi.uri, outer.cfg, outer.chunk_bytes)
+                    else:
+                        fn = _bind(_read_tsv, fi.uri, outer.cfg)
+                    tasks.append(ReadTask(fn, meta))
+                return tasks
+
+            def get_name(self) -> str:
+                return "UniProtRaw"
+
+        return _DS()
+
+
+def _bind(fn, *args):
+    def read() -> Iterable[pa.Table]:
+        return fn(*args)
+
+    return read
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+_ROW_FIELDS = [f.name for f in PROTANNO_SCHEMA]
+RESULT_SCHEMA = pa.schema(list(PROTANNO_SCHEMA) + [pa.field("_error", pa.struct(list(_ERROR_SCHEMA)))])
+
+
+def _results_table(results: list[UniProtRecord | MalformedRecord]) -> pa.Table:
+    """Parsed results -> one table: good rows in the ProtAnno columns, bad ones in ``_error`` only."""
+    cols: dict[str, list[Any]] = {n: [] for n in _ROW_FIELDS}
+    errors: list[dict[str, Any] | None] = []
+    for res in results:
+        if isinstance(res, MalformedRecord):
+            for n in _ROW_FIELDS:
+                cols[n].append(None)
+            errors.append({k: getattr(res, k) for k in ERROR_FIELDS})
+        else:
+            row = record_to_row(res)
+            for n in _ROW_FIELDS:
+                cols[n].append(row.get(n))
+            errors.append(None)
+    arrays = [pa.array(cols[f.name], type=f.type) for f in PROTANNO_SCHEMA]
+    arrays.append(pa.array(errors, type=RESULT_SCHEMA.field("_error").type))
+    return pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
+
+
+class ParseBlock:
+    """``map_batches`` callable: raw record table -> result table (TSV blocks arrive already parsed)."""
+
+    def __init__(self, verify_crc: bool = True) -> None:
+        self.verify_crc = verify_crc
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if "_error" in batch.column_names:  # TSV: parsed in the read task
+            return batch
+        d = batch.to_pydict()
+        results = [
+            parse_raw(RawRecord(off, line, data, term), src, self.verify_crc)
+            for src, off, line, data, term in zip(d["source"], d["offset"], d["line"], d["data"], d["terminated"],
+                                                  strict=True)
+        ]
+        return _results_table(results)
+
+
+def _parse_batch(batch: pa.Table, verify_crc: bool = True) -> pa.Table:
+    return ParseBlock(verify_crc)(batch)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _shard_stats(table: pa.Table) -> dict[str, Any]:
+    """Row count and the (reviewed, PE, k) histogram of a table of good rows."""
+    if table.num_rows == 0:
+        return {"rows": 0, "hist": {}}
+    rev = table.column("reviewed").to_numpy(zero_copy_only=False)
+    pe = table.column("protein_existence").to_numpy(zero_copy_only=False)
+    k = table.column("n_properties").to_numpy(zero_copy_only=False)
+    hist = Counter(f"{'sp' if r else 'tr'}|{int(p)}|{int(kk)}" for r, p, kk in zip(rev, pe, k, strict=True))
+    return {"rows": table.num_rows, "hist": dict(hist)}
+
+
+class ProtAnnoSink:
+    """Writes good rows as Parquet shards; returns stats + error rows to the driver (no side files)."""
+
+    def __init__(self, output: str, cfg: storage.StorageConfig | None, sampling: SamplingConfig,
+                 rows_per_shard: int) -> None:
+        self.output = output
+        self.cfg = cfg
+        self.sampling = sampling
+        self.rows_per_shard = rows_per_shard
+
+    def write_blocks(self, blocks: Iterable[pa.Table], task_index: int) -> dict[str, Any]:
+        tables = [b for b in blocks if b.num_rows]
+        result: dict[str, Any] = {"files": [], "errors": [], "seen": 0, "parsed": 0, "sampled_out": 0,
+                                  "sampled_out_hist": {}, "hist": {}}
+        if not tables:
+            return result
+        t = pa.concat_tables(tables)
+        result["seen"] = t.num_rows
+        err = t.column("_error")
+        is_err = pa.compute.is_valid(err)
+        bad = t.filter(is_err)
+        good = t.filter(pa.compute.invert(is_err)).drop_columns(["_error"])
+        result["errors"] = bad.column("_error").to_pylist()
+        result["parsed"] = good.num_rows
+        good = good.cast(PROTANNO_SCHEMA)
+        if self.sampling.mode == "once" and good.num_rows:
+            mask = keep_mask(good.column("reviewed").to_numpy(zero_copy_only=False),
+                             good.column("protein_existence").to_numpy(zero_copy_only=False),
+                             good.column("n_properties").to_numpy(zero_copy_only=False),
+                             np.asarray(good.column("accession").to_pylist(), dtype=object),
+                             self.sampling, epoch=0)
+            dropped = good.filter(pa.array(~mask))
+            result["sampled_out"] = dropped.num_rows
+            result["sampled_out_hist"] = _shard_stats(dropped)["hist"]
+            good = good.filter(pa.array(mask))
+        result["hist"] = _shard_stats(good)["hist"]
+        if good.num_rows:
+            fs, base = storage.filesystem(self.output, self.cfg)
+            name = f"part-{task_index:05d}-{uuid.uuid4().hex[:8]}.parquet"
+            buf = io.BytesIO()
+            meta = dict(good.schema.metadata or {})
+            meta[b"protclip.schema_version"] = SCHEMA_VERSION.encode()
+            pq.write_table(good.replace_schema_metadata(meta), buf, compression="zstd")
+            data = buf.getvalue()
+            path = f"{base}/{name}"
+            tmp = f"{base}/_tmp.{name}"
+            with fs.open(tmp, "wb") as f:  # write then move: a crashed task never leaves a readable partial shard
+                f.write(data)
+            fs.mv(tmp, path)
+            result["files"].append({"name": name, "rows": good.num_rows, "bytes": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest()})
+        return result
+
+    def as_ray_datasink(self):
+        from ray.data.datasource import Datasink
+
+        outer = self
+
+        class _Sink(Datasink):
+            def __init__(self) -> None:
+                self.results: list[dict[str, Any]] = []
+
+            def write(self, blocks, ctx) -> dict[str, Any]:
+                return outer.write_blocks(blocks, getattr(ctx, "task_idx", 0))
+
+            def on_write_complete(self, write_result) -> None:
+                self.results = list(write_result.write_returns)
+
+            @property
+            def min_rows_per_write(self) -> int | None:
+                return outer.rows_per_shard
+
+            def get_name(self) -> str:
+                return "ProtAnno"
+
+        return _Sink()
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class BuildResult:
+    manifest: dict[str, Any]
+    errors: list[dict[str, Any]]
+
+
+def _check_output(output: str, cfg, overwrite: bool) -> None:
+    fs, path = storage.filesystem(output, cfg)
+    storage.check_access(output, cfg, write=True)
+    if fs.exists(path):
+        existing = [p for p in fs.ls(path, detail=False) if not os.path.basename(p).startswith(".")]
+        if existing and not overwrite:
+            raise storage.StorageError(
+                f"output {output} is not empty ({len(existing)} entries); set build.overwrite=true or pick a new folder")
+        if existing:
+            for p in existing:
+                fs.rm(p, recursive=True)
+    else:
+        fs.makedirs(path, exist_ok=True)
+
+
+def run_build(cfg: BuildConfig, storage_cfg: storage.StorageConfig | None = None) -> BuildResult:
+    """Run the ProtAnno build on the current Ray instance and write the manifest; returns it."""
+    import ray
+
+    t0 = time.time()
+    storage_cfg = (storage_cfg or storage.StorageConfig()).resolved()
+    files = list_inputs(cfg.inputs, storage_cfg)
+    _check_output(cfg.output, storage_cfg, cfg.overwrite)
+    source = UniProtRawDatasource(files, storage_cfg, cfg.chunk_bytes)
+    sink = ProtAnnoSink(cfg.output, storage_cfg, cfg.sampling, cfg.rows_per_shard)
+    ds = ray.data.read_datasource(source.as_ray_datasource(), override_num_blocks=max(1, len(source.units)))
+    ds = ds.map_batches(_parse_batch, fn_kwargs={"verify_crc": cfg.verify_crc}, batch_format="pyarrow",
+                        batch_size=None)
+    ray_sink = sink.as_ray_datasink()
+    ds.write_datasink(ray_sink)
+    results = ray_sink.results
+    manifest, errors = summarise(cfg, files, results, time.time() - t0)
+    _write_reports(cfg.output, storage_cfg, manifest, errors)
+    _log.info("ProtAnno build: %d rows in %d shards, %d malformed records, %.1f s", manifest["rows"],
+              len(manifest["shards"]), manifest["malformed"], manifest["seconds"])
+    if manifest["seen"] and manifest["malformed"] / manifest["seen"] > cfg.max_malformed_fraction:
+        raise RuntimeError(
+            f"{manifest['malformed']} of {manifest['seen']} records malformed (> {cfg.max_malformed_fraction:.1%}); "
+            f"see {storage.join(cfg.output, 'malformed.jsonl')}")
+    return BuildResult(manifest, errors)
+
+
+def summarise(cfg: BuildConfig, files: list[InputFile], results: list[dict[str, Any]],
+              seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fold the sink's per-task results into the manifest (counts must add up; asserted here)."""
+    hist: Counter[str] = Counter()
+    sampled_out_hist: Counter[str] = Counter()
+    shards: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen = parsed = sampled_out = 0
+    for r in results:
+        hist.update(r["hist"])
+        sampled_out_hist.update(r["sampled_out_hist"])
+        shards += r["files"]
+        errors += r["errors"]
+        seen += r["seen"]
+        parsed += r["parsed"]
+        sampled_out += r["sampled_out"]
+    rows = sum(s["rows"] for s in shards)
+    if parsed + len(errors) != seen or rows + sampled_out != parsed:
+        raise RuntimeError(f"build accounting mismatch: seen={seen} parsed={parsed} malformed={len(errors)} "
+                           f"written={rows} sampled_out={sampled_out}")
+    errors.sort(key=lambda e: (e["source"], e["byte_offset"]))
+    shards.sort(key=lambda s: s["name"])
+    reasons = Counter(e["reason"].split(":")[0] for e in errors)
+
+    def nested(h: Counter[str]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for key, n in sorted(h.items()):
+            src, pe, k = key.split("|")
+            out.setdefault(f"{src}_pe{pe}", {})[f"k{k}"] = n
+        return out
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created_unix": int(time.time()),
+        "inputs": [{"uri": storage.redact(f.uri), "bytes": f.size, "kind": f.kind} for f in files],
+        "seen": seen,
+        "parsed": parsed,
+        "malformed": len(errors),
+        "malformed_by_reason": dict(reasons),
+        "sampling": {"mode": cfg.sampling.mode, "seed": cfg.sampling.seed, "sampled_out": sampled_out,
+                     "sampled_out_pe_k": nested(sampled_out_hist)},
+        "rows": rows,
+        "pe_k_histogram": nested(hist),
+        "shards": shards,
+        "checksum": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
+        "seconds": round(seconds, 2),
+    }
+    return manifest, errors
+
+
+def _write_reports(output: str, cfg, manifest: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+    fs, base = storage.filesystem(output, cfg)
+    with fs.open(f"{base}/malformed.jsonl", "w") as f:
+        for e in errors:
+            f.write(json.dumps(e) + "\n")
+    with fs.open(f"{base}/manifest.json", "w") as f:  # written last: its presence marks a complete build
+        f.write(json.dumps(manifest, indent=2))
+
+
+def read_manifest(output: str, cfg: storage.StorageConfig | None = None) -> dict[str, Any]:
+    fs, base = storage.filesystem(output, cfg)
+    path = f"{base}/manifest.json"
+    if not fs.exists(path):
+        raise storage.StorageError(f"{output} has no manifest.json: not a complete ProtAnno build")
+    with fs.open(path, "r") as f:
+        return json.load(f)

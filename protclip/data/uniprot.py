@@ -1,0 +1,184 @@
+"""Streaming parser for UniProtKB flat files (``.dat`` / ``.dat.gz``, Swiss-Prot and TrEMBL).
+
+Design: :mod:`protclip.data.uniprot_split` cuts the byte stream into raw records (with byte offsets and line
+numbers); :func:`parse_raw` turns one raw record into a :class:`UniProtRecord` or a :class:`MalformedRecord`.
+Nothing raises out of the iterators for bad input and nothing is dropped: every raw record yields exactly one
+result, so ``good + bad == total``.
+
+Speed (see ``benchmarks/parse_benchmark.py``): records are cut with one fast search per record, entries are
+walked block by block rather than line by line (:mod:`protclip.data.uniprot_entry`), the feature table is
+split as one string (:mod:`protclip.data.uniprot_ft`), and the CRC64 check is vectorised with numpy
+(:mod:`protclip.data.uniprot_crc`).
+
+Policies:
+
+* Residues: the 20 standard letters plus U (Sec), O (Pyl), B, Z, X are valid and kept as is. Anything else
+  (lowercase, J, ``*``, digits, punctuation) makes the record malformed: UniProt writes uppercase only, so a
+  lowercase letter means corrupted or foreign input and is reported rather than silently upper-cased.
+* Checks: ``//`` terminator present; ID, AC, DE, PE, SQ lines present; every line code known (``**`` internal
+  lines are accepted and ignored); sequence length equals the SQ and ID lengths; CRC64 equals the SQ line's
+  (``verify_crc=False`` skips the CRC only).
+* ``PE`` is required (schema and sampling depend on it); pre-2007 entries without PE are reported as malformed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from protclip.data.uniprot_crc import crc64
+from protclip.data.uniprot_entry import VALID_RESIDUES, EntryError, parse_entry
+from protclip.data.uniprot_records import (
+    Feature,
+    MalformedRecord,
+    ParseResult,
+    RawRecord,
+    UniProtRecord,
+)
+from protclip.data.uniprot_split import (
+    chunk_ranges,
+    find_record_boundaries,
+    iter_chunk_raw,
+    iter_raw_records,
+    iter_record_batches,
+    line_numbers_at,
+    open_uniprot,
+    split_exhaustive,
+    split_raw,
+)
+
+__all__ = [
+    "Feature",
+    "MalformedRecord",
+    "ParseReport",
+    "ParseResult",
+    "RawRecord",
+    "UniProtRecord",
+    "VALID_RESIDUES",
+    "chunk_ranges",
+    "crc64",
+    "find_record_boundaries",
+    "iter_chunk",
+    "iter_raw_records",
+    "iter_record_batches",
+    "iter_records",
+    "line_numbers_at",
+    "open_uniprot",
+    "parse_file",
+    "parse_raw",
+    "parse_raw_batch",
+    "split_exhaustive",
+    "split_raw",
+]
+
+def _first_accession(text: str) -> str | None:
+    """Best-effort primary accession of a (possibly broken) record, for error reports."""
+    if text.startswith("AC   "):
+        k = 0
+    else:
+        k = text.find("\nAC   ")
+        if k < 0:
+            return None
+        k += 1
+    end = text.find(";", k)
+    if end < 0:
+        return None
+    acc = text[k + 5 : end].strip()
+    return acc if acc.isalnum() else None
+
+
+def _parse_one(raw: RawRecord, source: str, verify_crc: bool) -> ParseResult:
+    data = raw.data
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = data.decode("latin-1")
+            return MalformedRecord(source, raw.offset, raw.line, _first_accession(text),
+                                   f"undecodable (non UTF-8) byte at record byte {e.start}")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not raw.terminated:
+        return MalformedRecord(source, raw.offset, raw.line, _first_accession(text),
+                               "truncated record: no '//' terminator")
+    if not text.endswith("\n"):
+        text += "\n"
+    if text.startswith("//"):
+        return MalformedRecord(source, raw.offset, raw.line, None, "empty record ('//' without an entry)")
+    try:
+        return parse_entry(text, source, raw.offset, raw.line, verify_crc)
+    except EntryError as e:
+        return MalformedRecord(source, raw.offset, raw.line, _first_accession(text), str(e))
+    except (ValueError, IndexError) as e:  # defensive: any other parse failure is reported, not raised
+        return MalformedRecord(source, raw.offset, raw.line, _first_accession(text),
+                               f"unparseable record ({type(e).__name__}: {e})")
+
+
+def parse_raw(raw: RawRecord, source: str, verify_crc: bool = True) -> list[ParseResult]:
+    """Parse one raw record; never raises for bad input.
+
+    Usually one result. The fast splitter can leave several entries in one raw record when the input is
+    damaged (a missing ``//``, junk between records); such a record fails to parse, is re-split with the
+    careful splitter and each piece is parsed, so the good entries around the damage are kept.
+    """
+    res = _parse_one(raw, source, verify_crc)
+    if isinstance(res, MalformedRecord) and raw.data.find(b"\nID   ") >= 0:
+        pieces = split_raw(raw)
+        if len(pieces) > 1:
+            return [_parse_one(p, source, verify_crc) for p in pieces]
+    return [res]
+
+
+def iter_records(
+    stream: BinaryIO,
+    source_name: str,
+    start_offset: int = 0,
+    start_line: int | None = 1,
+    max_bytes: int | None = None,
+    verify_crc: bool = True,
+) -> Iterator[ParseResult]:
+    """Parse a binary stream (already decompressed) entry by entry; good + malformed results cover everything."""
+    for raw in iter_raw_records(stream, start_offset=start_offset, start_line=start_line, max_bytes=max_bytes):
+        yield from parse_raw(raw, source_name, verify_crc)
+
+
+def parse_raw_batch(raws: Iterable[RawRecord], source: str, verify_crc: bool = True) -> list[ParseResult]:
+    """Parse a batch cut by :func:`iter_record_batches` (what a Ray Data worker runs)."""
+    out: list[ParseResult] = []
+    for r in raws:
+        out.extend(parse_raw(r, source, verify_crc))
+    return out
+
+
+def iter_chunk(path: str | os.PathLike[str], start: int, end: int, source_name: str | None = None,
+               start_line: int | None = None, verify_crc: bool = True) -> Iterator[ParseResult]:
+    """Parse the record-aligned byte range ``[start, end)`` of a plain ``.dat``."""
+    src = source_name if source_name is not None else os.fspath(path)
+    for raw in iter_chunk_raw(path, start, end, start_line=start_line):
+        yield from parse_raw(raw, src, verify_crc)
+
+
+@dataclass
+class ParseReport:
+    """Everything parsed from one file: good records and the malformed ones, in file order."""
+
+    records: list[UniProtRecord] = field(default_factory=list)
+    errors: list[MalformedRecord] = field(default_factory=list)
+
+    @property
+    def n_total(self) -> int:
+        return len(self.records) + len(self.errors)
+
+
+def parse_file(path: str | os.PathLike[str], source_name: str | None = None, verify_crc: bool = True) -> ParseReport:
+    """Parse a whole local ``.dat`` or ``.dat.gz`` into memory (small files, tests, tools)."""
+    src = source_name if source_name is not None else os.fspath(path)
+    report = ParseReport()
+    with open_uniprot(path) as f:
+        for res in iter_records(f, src, verify_crc=verify_crc):
+            (report.records if isinstance(res, UniProtRecord) else report.errors).append(res)  # type: ignore[arg-type]
+    return report

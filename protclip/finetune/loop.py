@@ -1,0 +1,287 @@
+"""The per-worker LoRA fine-tuning loop. No Ray here: ``protclip.finetune.trainer`` runs it inside Ray Train
+workers; tests run it on plain gloo ranks. The process group must already be initialised.
+
+Per step every rank takes its slice of the ``(seed, epoch)`` permutation, so the data position is the step
+number; the checkpoint holds adapter + head + optimizer + scheduler + RNG, so a resumed run continues
+bit for bit. Evaluation runs on all ranks in lockstep (FSDP2/DDP forwards are collectives) and every rank
+computes the same metrics from the all-gathered outputs, so best-state decisions agree without a broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from protclip.finetune.checkpoint import load_adapter_checkpoint, restore_trainable, save_adapter_checkpoint
+from protclip.finetune.checkpoint import trainable_state
+from protclip.finetune.config import FinetuneConfig
+from protclip.finetune.data import Collator, TaskData, eval_batches, steps_per_epoch, train_batch
+from protclip.finetune.evaluate import batch_outputs, compute_metrics, prediction_rows
+from protclip.finetune.export import export_run, gather_trainable, rebuild_trained
+from protclip.finetune.model import TaskSpec, attach_lora, build_task_model, cast_frozen, task_loss
+from protclip.finetune.model import trainable_report
+from protclip.finetune.parallel import shard_lora_fsdp2, unwrap, wrap_ddp
+from protclip.train.checkpoint import TrainState
+from protclip.train.schedule import WarmupDecay, build_scheduler, warmup_steps_for
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobInputs:
+    """What the driver prepared for the workers (all picklable)."""
+
+    tower: str  # local dir or hub id of the base tower (remote folders are localised per worker)
+    spec: TaskSpec
+    class_weights: list[float] | None = None
+    run_id: str | None = None  # MLflow run the rank-0 worker logs into
+    tracking_uri: str | None = None
+    secrets: list[str] = field(default_factory=list)  # config secret values to scrub from logged text
+
+
+@dataclass
+class WorkerEnv:
+    """How the loop talks to its launcher (Ray Train, or a plain test harness)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    # report(metrics, checkpoint_dir | None), called on every rank at the same points
+    report: Callable[[dict[str, Any], str | None], None] = lambda metrics, ckpt: None
+    # a context manager yielding a local checkpoint directory to resume from, or None
+    resume_dir: Callable[[], AbstractContextManager[str | None]] = lambda: nullcontext(None)
+
+
+def _precision(cfg: FinetuneConfig, device: torch.device) -> torch.dtype | None:
+    p = cfg.train.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if p == "bf16" else None
+
+
+def _param_groups(model: torch.nn.Module, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """LoRA matrices at ``lr`` and the head at ``head_lr``; weight decay on matrices only."""
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(("lora" if ".lora_" in name else "head", p.ndim >= 2), []).append(p)
+    lrs = {"lora": cfg.train.lr, "head": cfg.train.head_lr or cfg.train.lr}
+    return [{"name": f"{kind}{'_decay' if decay else ''}", "params": ps, "lr": lrs[kind],
+             "weight_decay": cfg.train.weight_decay if decay else 0.0}
+            for (kind, decay), ps in sorted(groups.items())]
+
+
+class _Runner:
+    """Holds the wrapped model, data and helpers of one worker (keeps the loop body short)."""
+
+    def __init__(self, cfg: FinetuneConfig, job: JobInputs, data: TaskData, env: WorkerEnv) -> None:
+        from protclip.finetune.base import localize_tower
+        from protclip.model.attention import resolve_backend
+        from protclip.tracking import logger_for_rank
+
+        self.cfg, self.job, self.data, self.env, self.spec = cfg, job, data, env, job.spec
+        self.device = torch.device(f"cuda:{env.local_rank}") if cfg.train.use_gpu else torch.device("cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.train.threads_per_worker)
+        else:
+            torch.cuda.set_device(self.device)
+        self.dtype = _precision(cfg, self.device)
+        self.tower = localize_tower(job.tower, cfg.storage)
+        self.attention = resolve_backend(cfg.base.attention, self.device)
+        self.log = logger_for_rank(env.rank, job.run_id, job.tracking_uri, job.secrets)
+        self.collate = Collator(self.spec.type, self.spec.num_outputs, self.spec.max_length, self.spec.crop,
+                                self.spec.target_mean, self.spec.target_std)
+        self.weights = (torch.tensor(job.class_weights, device=self.device)
+                        if job.class_weights is not None else None)
+
+        torch.manual_seed(cfg.train.seed)  # identical head/LoRA init on every rank
+        model = build_task_model(self.tower, self.spec, head_dropout=cfg.task.head_dropout,
+                                 revision=cfg.base.revision, attention=self.attention)
+        self.peft = attach_lora(model, cfg.lora, self.spec)
+        self.params = trainable_report(self.peft)
+        if self.dtype is not None:
+            cast_frozen(self.peft, self.dtype)
+        self.peft.to(self.device)
+        if cfg.train.strategy == "fsdp2":
+            self.model = shard_lora_fsdp2(self.peft, device_type=self.device.type, param_dtype=self.dtype,
+                                          activation_checkpointing=cfg.train.gradient_checkpointing)
+            self.autocast: Callable[[], AbstractContextManager] = nullcontext
+        else:
+            if cfg.train.gradient_checkpointing:
+                from protclip.train.parallelize import apply_activation_checkpointing
+
+                apply_activation_checkpointing(self.peft)
+            self.model = wrap_ddp(self.peft, self.device) if env.world_size > 1 else self.peft
+            dt = self.dtype
+            self.autocast = (lambda: torch.autocast(self.device.type, dtype=dt)) if dt is not None else nullcontext
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg), lr=cfg.train.lr)
+        self.train_idx = data.indices("train")
+        self.spe = steps_per_epoch(len(self.train_idx), env.world_size, cfg.train.batch_size)
+        self.total = cfg.train.max_steps or cfg.train.epochs * self.spe
+        warm = warmup_steps_for(self.total, None, cfg.train.warmup_ratio)
+        self.sched = build_scheduler(self.opt, WarmupDecay(self.total, warm, cfg.train.schedule))
+
+    # ------------------------------------------------------------------------------------------- pieces
+    def batch(self, idx: np.ndarray, with_labels: bool = True) -> dict[str, torch.Tensor]:
+        seqs = [self.data.sequences[i] for i in idx]
+        tg = [self.data.targets[i] for i in idx] if with_labels else None
+        return {k: v.to(self.device) for k, v in self.collate(seqs, tg).items()}
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.autocast():
+            return self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+
+    def evaluate(self, split: str) -> tuple[dict[str, float], list[int], list[Any]]:
+        """Metrics of a split (identical on every rank) plus the outputs in split order."""
+        idx = self.data.indices(split)
+        if len(idx) == 0:
+            return {}, [], []
+        self.model.eval()
+        mine: list[tuple[int, Any]] = []
+        loss_sum, n_units = 0.0, 0
+        with torch.no_grad():
+            for part in eval_batches(idx, self.env.rank, self.env.world_size, self.cfg.train.batch_size):
+                real = len(part) > 0
+                b = self.batch(part if real else idx[:1])  # a dummy batch keeps the collectives in step
+                logits = self.forward(b)
+                if not real:
+                    continue
+                units = int((b["labels"] != -100).sum()) if self.spec.type == "per_residue" else len(part)
+                loss_sum += float(task_loss(logits, b["labels"], self.spec.type)) * units
+                n_units += units
+                mine.extend(zip(part.tolist(), batch_outputs(logits, b["attention_mask"], self.spec), strict=True))
+        self.model.train()
+        gathered: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(gathered, (mine, loss_sum, n_units))
+        pairs = sorted((p for g in gathered for p in g[0]), key=lambda t: t[0])
+        order = [i for i, _ in pairs]
+        outputs = [o for _, o in pairs]
+        kept = [self.collate.kept(self.data.sequences[i]) for i in order] if self.spec.type == "per_residue" else None
+        m = compute_metrics(self.spec, [self.data.targets[i] for i in order], outputs, kept)
+        total_units = sum(g[2] for g in gathered)
+        m["loss"] = sum(g[1] for g in gathered) / max(total_units, 1)
+        return m, order, outputs
+
+    def checkpoint(self, state: TrainState, best, metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory(prefix="protclip_lora_ckpt_") as d:
+            save_adapter_checkpoint(d, self.model, self.opt, self.sched, state, best)
+            self.env.report(metrics, d)
+
+    # ------------------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        cfg, env, metric = self.cfg, self.env, self.cfg.task.selection_metric
+        state, best = TrainState(), None
+        with env.resume_dir() as d:
+            if d is not None:
+                state, best = load_adapter_checkpoint(d, self.model, self.opt, self.sched)
+                _log.info("resumed from %s at step %d", d, state.step)
+        if state.step == 0:
+            self.log.log_params({f"model.{k}": v for k, v in self.params.items()})
+            if cfg.train.eval_at_start:
+                untrained = {f"valid/{k}": v for k, v in self.evaluate("valid")[0].items()}
+                untrained.update({f"test/{k}": v for k, v in self.evaluate("test")[0].items()})
+                state.extra["untrained"] = untrained
+                self.log.log_metrics(untrained, step=0)
+        step = state.step
+        last: dict[str, Any] = {}
+        losses, t0, tokens, seqs = [], time.perf_counter(), 0, 0
+        while step < self.total:
+            b = self.batch(train_batch(self.train_idx, step, self.spe, cfg.train.seed, env.rank,
+                                       env.world_size, cfg.train.batch_size))
+            loss = task_loss(self.forward(b), b["labels"], self.spec.type, self.weights)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = (torch.nn.utils.clip_grad_norm_(self.trainable, cfg.train.grad_clip)
+                     if cfg.train.grad_clip > 0 else torch.tensor(0.0))
+            self.opt.step()
+            self.sched.step()
+            step += 1
+            losses.append(loss.detach().item())
+            tokens += int(b["attention_mask"].sum())
+            seqs += b["input_ids"].shape[0]
+            end_of_epoch = step % self.spe == 0
+            do_eval = step < self.total and ((cfg.train.eval_every and step % cfg.train.eval_every == 0)
+                                             or (not cfg.train.eval_every and end_of_epoch))
+            do_ckpt = step < self.total and (do_eval if not cfg.train.checkpoint_every
+                                             else step % cfg.train.checkpoint_every == 0)
+            stop = cfg.train.stop_at_step is not None and step >= cfg.train.stop_at_step and step < self.total
+            if do_eval or do_ckpt or stop or step % 10 == 0 or step == self.total:
+                t = torch.tensor([float(np.mean(losses)), tokens, seqs], dtype=torch.float64)
+                dist.all_reduce(t)
+                dt = time.perf_counter() - t0
+                last = {"step": step, "epoch": (step - 1) // self.spe, "train/loss": t[0].item() / env.world_size,
+                        "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": float(gnorm),
+                        "train/seqs_per_s": t[2].item() / dt, "train/tokens_per_s": t[1].item() / dt}
+                self.log.log_metrics(last, step=step)
+                losses, t0, tokens, seqs = [], time.perf_counter(), 0, 0
+            state.step, state.epoch = step, step // self.spe
+            state.micro_batches_in_epoch = step % self.spe
+            if do_eval:
+                m, _, _ = self.evaluate("valid")
+                last.update({f"valid/{k}": v for k, v in m.items()})
+                self.log.log_metrics({f"valid/{k}": v for k, v in m.items()}, step=step)
+                score = m.get(metric)
+                if score is not None and np.isfinite(score) and (state.best_score is None or score > state.best_score):
+                    state.best_score, state.extra["best_step"] = float(score), step
+                    if cfg.train.select == "best":
+                        best = trainable_state(self.model)
+            if do_ckpt or stop:
+                self.checkpoint(state, best, last)
+            if stop:
+                _log.info("stopping at step %d as asked (train.stop_at_step); resume continues from here", step)
+                return {"stopped_at": step, **last}
+        return self.finish(state, best, last)
+
+    def finish(self, state: TrainState, best, last: dict[str, Any]) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        m_valid, _, _ = self.evaluate("valid")
+        if cfg.train.select == "best" and best is not None:
+            score = m_valid.get(cfg.task.selection_metric)
+            if state.best_score is not None and (score is None or not np.isfinite(score) or score < state.best_score):
+                restore_trainable(self.model, best)  # the final step is worse than the best validation step
+                m_valid, _, _ = self.evaluate("valid")
+                state.extra["restored_best_step"] = state.extra.get("best_step")
+        m_test, order, outputs = self.evaluate("test")
+        final: dict[str, Any] = {**last, "step": state.step}
+        final.update({f"valid/{k}": v for k, v in m_valid.items()})
+        final.update({f"test/{k}": v for k, v in m_test.items()})
+        final.update({f"untrained/{k}": v for k, v in state.extra.get("untrained", {}).items()})
+        final["selected_step"] = state.extra.get("restored_best_step") or state.step
+        final.update({f"model/{k}": v for k, v in self.params.items()})
+        final["sys/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.device.type == "cuda":
+            final["sys/peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        trained = gather_trainable(self.model)  # collective
+        if env.rank == 0:
+            peft_model = rebuild_trained(self.tower, self.spec, cfg, trained)
+            kept = ([self.collate.kept(self.data.sequences[i]) for i in order]
+                    if self.spec.type == "per_residue" else None)
+            preds = prediction_rows(self.spec, [self.data.ids[i] for i in order], outputs, kept)
+            final["output_dir"] = export_run(peft_model, self.spec, cfg, _plain(final), preds, self.log)
+            self.log.log_metrics({k: v for k, v in final.items() if k.startswith(("valid/", "test/"))},
+                                 step=state.step)
+        dist.barrier()
+        self.checkpoint(state, best, {k: v for k, v in final.items() if not isinstance(v, str)})
+        return final
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in d.items()}
+
+
+def run_worker(cfg: FinetuneConfig, job: JobInputs, data: TaskData, env: WorkerEnv) -> dict[str, Any]:
+    """Train, evaluate and (rank 0) export; returns the final (or stop-time) metrics of this rank."""
+    if not dist.is_initialized():
+        raise RuntimeError("run_worker needs an initialised process group (Ray Train or init_process_group)")
+    return _Runner(cfg, job, data, env).run()

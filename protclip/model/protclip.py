@@ -1,0 +1,227 @@
+"""The ProtCLIP dual encoder: ESM-2 + BERT towers, heads, and the per-step forward of method.md §4.8.
+
+``forward(batch)`` returns a dict of *features* (pooled embeddings, selected token logits, PDA inputs, clamped
+scales); :class:`protclip.model.losses.ProtCLIPLoss` turns it into named loss terms. Keeping the two apart lets
+the trainer gather GC features across ranks or micro-batches (gradient cache) without touching the model.
+
+Per step (only the passes the enabled objectives need run): clean ESM pass (GC + PDA), text pass (GC + BSR),
+MLM ESM pass, span-masked ESM pass (BSR), four sub-text BERT passes (PDA, no grad).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_VOCAB
+from protclip.model.config import LossConfig, ModelConfig
+from protclip.model.heads import FragmentDecoder, ProjectionHead, PrototypeBank, TokenHead
+from protclip.model.towers import build_protein_tower, build_text_tower
+
+IGNORE_INDEX = -100
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over positions where ``mask`` is set; ``[B, L, H]`` -> ``[B, H]``."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def residue_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """True on real residues: not padding, not <cls>/<eos>."""
+    return attention_mask.bool() & (input_ids != ESM_CLS) & (input_ids != ESM_EOS)
+
+
+class ProtCLIPModel(nn.Module):
+    """Attributes ``protein_tower`` (``EsmModel``) and ``text_tower`` (``BertModel``) export with
+    ``save_pretrained``; see :func:`export_towers`."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        loss_cfg: LossConfig | None = None,
+        protein_tower: nn.Module | None = None,
+        text_tower: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.loss_cfg = loss_cfg or LossConfig()
+        self.released = cfg.mode == "released"
+        self.protein_tower = protein_tower if protein_tower is not None else build_protein_tower(cfg)
+        self.text_tower = text_tower if text_tower is not None else build_text_tower(cfg)
+        hp, ht, d = self.protein_tower.config.hidden_size, self.text_tower.config.hidden_size, cfg.projection_dim
+        vocab = len(ESM_VOCAB)
+        self.protein_proj = ProjectionHead(hp, d)
+        self.text_proj = ProjectionHead(ht, d)
+        self.mlm_head = TokenHead(hp, d, vocab)
+        self.bsr_head = TokenHead(d, d, vocab)
+        self.decoder = FragmentDecoder(d, softmax_over_text=not self.released, residual=cfg.decoder_residual)
+        self.prototypes = PrototypeBank(cfg.proto_num, d, cfg.gumbel_tau)
+        # 1-D (not scalar) so FSDP2 can shard them (stack.md §4)
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.temperature_init)]))
+        self.local_logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.local_temperature_init)]))
+        self._max_log_scale = math.log(cfg.max_logit_scale)
+        if cfg.freeze_text:
+            self.text_tower.requires_grad_(False)
+            self.text_tower.eval()
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def train(self, mode: bool = True) -> ProtCLIPModel:
+        super().train(mode)
+        if self.cfg.freeze_text:
+            self.text_tower.eval()  # a frozen tower keeps dropout off
+        return self
+
+    def set_attention(self, implementation: str) -> None:
+        """Switch both towers' attention backend at runtime (``sdpa``, ``xformers``, ``eager``)."""
+        from protclip.model.attention import register_backends, resolve_backend
+
+        register_backends()
+        impl = resolve_backend(implementation)
+        self.protein_tower.set_attn_implementation(impl)
+        self.text_tower.set_attn_implementation(impl)
+
+    def _text_ctx(self):
+        return torch.no_grad() if self.cfg.freeze_text else contextlib.nullcontext()
+
+    def _pool_protein(self, h: torch.Tensor, ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=1) if self.released else masked_mean(h, residue_mask(ids, am))
+
+    def _pool_text(self, g: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        return g.mean(dim=1) if self.released else masked_mean(g, am)
+
+    def _protein_hidden(self, ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        return self.protein_tower(input_ids=ids, attention_mask=am).last_hidden_state
+
+    def _text_hidden(self, ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        with self._text_ctx():
+            return self.text_tower(input_ids=ids, attention_mask=am).last_hidden_state
+
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """GC and PDA logit multipliers: exp of the learnable log-scales clamped at ln(max_logit_scale)."""
+        return (
+            self.logit_scale.clamp(max=self._max_log_scale).exp(),
+            self.local_logit_scale.clamp(max=self._max_log_scale).exp(),
+        )
+
+    # ------------------------------------------------------------------------------------------ encoders
+    def encode_protein(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised protein embeddings ``[B, D]`` in the joint space."""
+        h = self._protein_hidden(input_ids, attention_mask)
+        return F.normalize(self.protein_proj(self._pool_protein(h, input_ids, attention_mask)), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings ``[B, D]`` in the joint space."""
+        g = self._text_hidden(input_ids, attention_mask)
+        return F.normalize(self.text_proj(self._pool_text(g, attention_mask)), dim=-1)
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        lc, out = self.loss_cfg, {}
+        g = text_am = None
+        ids, am = batch["protein_input_ids"], batch["protein_attention_mask"]
+        out["logit_scale"], out["local_logit_scale"] = self.scales()
+
+        if lc.gc or lc.pda:
+            h = self._protein_hidden(ids, am)
+            if lc.gc:
+                out["protein_features"] = F.normalize(self.protein_proj(self._pool_protein(h, ids, am)), dim=-1)
+            if lc.pda:
+                out["pda_tokens"] = self.protein_proj(h)
+                out["pda_token_mask"] = torch.ones_like(am, dtype=torch.bool) if self.released else residue_mask(ids, am)
+        if lc.gc or lc.bsr:
+            text_am = batch["text_attention_mask"]
+            g = self._text_hidden(batch["text_input_ids"], text_am)
+            if lc.gc:
+                out["text_features"] = F.normalize(self.text_proj(self._pool_text(g, text_am)), dim=-1)
+        if lc.mlm:
+            h_mlm = self._protein_hidden(batch["mlm_input_ids"], am)
+            sel = batch["mlm_labels"] != IGNORE_INDEX
+            out["mlm_logits"] = self.mlm_head(h_mlm[sel])
+            out["mlm_labels"] = batch["mlm_labels"][sel]
+        if lc.bsr:
+            out.update(self._bsr(batch, am, g, text_am))
+        if lc.pda:
+            out["pda_queries"] = self._property_queries(batch["subtext_input_ids"], batch["subtext_attention_mask"])
+        return out
+
+    def _bsr(self, batch, am, g, text_am) -> dict[str, torch.Tensor]:
+        # released: everything up to the decoder output is computed without grad, so only the head learns
+        with torch.no_grad() if self.released else contextlib.nullcontext():
+            tokens = self.protein_proj(self._protein_hidden(batch["span_input_ids"], am))
+            fused = self.decoder(tokens, self.text_proj(g), None if self.released else text_am)
+        sel = batch["span_labels"] != IGNORE_INDEX
+        return {"bsr_logits": self.bsr_head(fused[sel]), "bsr_labels": batch["span_labels"][sel]}
+
+    def _property_queries(self, sub_ids: torch.Tensor, sub_am: torch.Tensor) -> torch.Tensor:
+        """Prototype-quantised property embeddings ``[B, K, D]``; grad reaches only the prototypes."""
+        b, k, ls = sub_ids.shape
+        with torch.no_grad():
+            flat_am = sub_am.reshape(b * k, ls)
+            g = self.text_tower(input_ids=sub_ids.reshape(b * k, ls), attention_mask=flat_am).last_hidden_state
+            u = self.text_proj(self._pool_text(g, flat_am)).reshape(b, k, -1)
+        return self.prototypes(u)
+
+
+def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> ProtCLIPModel:
+    return ProtCLIPModel(model_cfg, loss_cfg)
+
+
+def param_groups(
+    model: nn.Module, base_lr: float, protein_lr_ratio: float = 0.1, weight_decay: float = 0.0
+) -> list[dict]:
+    """Optimizer groups: the protein tower at ``base_lr * protein_lr_ratio``, every other trainable parameter
+    at ``base_lr``; weight decay only on matrices (not biases, norms or the 1-D logit scales).
+
+    Selection is by parameter name, so it works before or after FSDP2 wraps the model. Frozen parameters
+    (text tower by default, ESM contact head) are left out, so they get no optimizer state.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_protein = name.startswith("protein_tower.") or ".protein_tower." in name
+        decay = p.ndim >= 2 and weight_decay > 0
+        groups.setdefault((is_protein, decay), []).append(p)
+    out = []
+    for (is_protein, decay), params in sorted(groups.items()):
+        out.append({
+            "name": ("protein_tower" if is_protein else "heads") + ("_decay" if decay else ""),
+            "params": params,
+            "lr": base_lr * (protein_lr_ratio if is_protein else 1.0),
+            "weight_decay": weight_decay if decay else 0.0,
+        })  # fmt: skip
+    return out
+
+
+def export_towers(
+    model: ProtCLIPModel, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write ``protein/`` and ``text/`` (HF ``save_pretrained`` dirs with tokenizers) and ``heads.safetensors``.
+
+    Plain transformers loads the towers (``EsmModel``/``BertModel.from_pretrained``). Under FSDP2 pass the full
+    unsharded ``state_dict`` (e.g. ``get_model_state_dict(..., full_state_dict=True, cpu_offload=True)``).
+    """
+    from safetensors.torch import save_file
+
+    from protclip.data.tokenizers import ProteinTokenizer, load_text_tokenizer, text_tokenizer_dir
+
+    directory = Path(directory)
+    sd = state_dict if state_dict is not None else model.state_dict()
+    parts: dict[str, dict[str, torch.Tensor]] = {"protein_tower.": {}, "text_tower.": {}, "": {}}
+    for key, value in sd.items():
+        prefix = next((p for p in ("protein_tower.", "text_tower.") if key.startswith(p)), "")
+        parts[prefix][key[len(prefix) :]] = value.detach().cpu().contiguous()
+    model.protein_tower.save_pretrained(directory / "protein", state_dict=parts["protein_tower."])
+    ProteinTokenizer().to_hf().save_pretrained(directory / "protein")
+    model.text_tower.save_pretrained(directory / "text", state_dict=parts["text_tower."])
+    load_text_tokenizer(text_tokenizer_dir(model.cfg.text_model, model.cfg.text_tokenizer)).save_pretrained(
+        directory / "text"
+    )
+    save_file(parts[""], str(directory / "heads.safetensors"))
+    return directory

@@ -1,0 +1,425 @@
+"""MLflow tracking for every job: one run opened by the driver, logged into from rank 0, eval tasks and LoRA jobs.
+
+Why a module of its own (and no Ray here): Ray Train V2 has no MLflow callback, and Ray's old one opened a second
+run and split params from metrics (ray #64253, mlflow #7206). The pattern here is the one users asked for: the
+driver calls :func:`open_run` once and hands the run id to whoever logs (a Train worker of rank 0, an eval
+``@ray.remote`` task, a LoRA job); each of those builds a :class:`RunLogger` from ``(run_id, tracking_uri)``.
+
+Everything that leaves the process is scrubbed: params are the flattened config passed through
+``protclip.storage.redact_mapping`` and truncated to MLflow's limits (keys 250, values 500 chars), tags and text
+artifacts are passed through ``redact``. Metric values that are None, NaN or inf are dropped (MLflow rejects or
+mis-plots them); :attr:`RunLogger.dropped_metrics` counts them.
+
+Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts`` (the file store is
+deprecated in mlflow 3.17). On a cluster point ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` at an MLflow server:
+a sqlite file on the driver's disk is not reachable from workers on other nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protclip.config import flatten, to_dict
+from protclip.storage import REDACTED, SECRET_FIELDS, redact, redact_mapping
+
+_log = logging.getLogger(__name__)
+
+__all__ = [
+    "TrackingConfig",
+    "resolve_tracking_uri",
+    "config_params",
+    "redacted_config_dict",
+    "secrets_of",
+    "open_run",
+    "RunLogger",
+    "NullLogger",
+    "logger_for_rank",
+    "MAX_KEY_LEN",
+    "MAX_VALUE_LEN",
+]
+
+MAX_KEY_LEN = 250  # MLflow entity key limit
+MAX_VALUE_LEN = 500  # param values: conservative (works with older servers and keeps the UI readable)
+MAX_TAG_LEN = 5000
+_PARAMS_PER_BATCH = 100  # MLflow log_batch limits
+_METRICS_PER_BATCH = 1000
+_TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".txt", ".md", ".csv", ".tsv", ".log", ".cfg", ".ini")
+_STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
+
+
+@dataclass
+class TrackingConfig:
+    """Where and under which names runs are recorded."""
+
+    uri: str | None = None  # MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "protclip"  # experiment name; created on first use
+    run_name: str | None = None  # MLflow run name; default: the job's own name (e.g. storage.name)
+    artifact_location: str | None = None  # for a NEW experiment; default <dir of sqlite db>/mlartifacts
+    enabled: bool = True  # false: nothing is logged (open_run returns None, loggers are no-ops)
+
+    def __post_init__(self) -> None:
+        if not self.experiment or not self.experiment.strip():
+            raise ValueError("tracking.experiment must be a non-empty name")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit URI, else ``MLFLOW_TRACKING_URI``, else a sqlite file in the working directory (absolute, so
+    worker processes with another cwd write to the same file)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            rel = uri[len("sqlite:///"):]
+            if rel and not os.path.isabs(rel):
+                uri = "sqlite:///" + os.path.abspath(rel)
+        return uri
+    return "sqlite:///" + os.path.join(os.getcwd(), "mlflow.db")
+
+
+def _default_artifact_location(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None  # servers decide their own artifact root
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _truncate(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _param_value(v: Any) -> str:
+    if v is None:
+        return "None"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def config_params(config_obj: Any) -> dict[str, str]:
+    """The flattened, redacted, truncated params of a config tree (dataclass or plain mapping)."""
+    flat = flatten(config_obj) if not isinstance(config_obj, Mapping) else _flatten_mapping(config_obj)
+    safe = redact_mapping(flat)
+    out: dict[str, str] = {}
+    for k, v in safe.items():
+        out[_truncate(str(k), MAX_KEY_LEN)] = _truncate(redact(_param_value(v)), MAX_VALUE_LEN)
+    return out
+
+
+def _flatten_mapping(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten_mapping(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _is_secret_key(key: str) -> bool:
+    leaf = key.lower()
+    return leaf in SECRET_FIELDS or any(s in leaf for s in ("secret", "password", "token", "api_key"))
+
+
+def redacted_config_dict(config_obj: Any) -> Any:
+    """Nested plain form of a config with secret-named fields masked and secret values scrubbed from strings."""
+
+    def rec(obj: Any, key: str = "") -> Any:
+        if isinstance(obj, dict):
+            return {k: rec(v, str(k)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [rec(v, key) for v in obj]
+        if key and _is_secret_key(key) and obj not in (None, ""):
+            return REDACTED
+        if isinstance(obj, str):
+            return redact(obj)
+        return obj
+
+    return rec(to_dict(config_obj) if not isinstance(config_obj, Mapping) else dict(config_obj))
+
+
+def secrets_of(config_obj: Any) -> list[str]:
+    """Values of secret-named fields anywhere in a config (so loggers can scrub them from free text)."""
+    out: list[str] = []
+
+    def rec(obj: Any, key: str = "") -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                rec(v, str(k))
+        elif isinstance(obj, list):
+            for v in obj:
+                rec(v, key)
+        elif key and _is_secret_key(key) and isinstance(obj, str) and len(obj) >= 4:
+            out.append(obj)
+
+    rec(to_dict(config_obj) if not isinstance(config_obj, Mapping) else dict(config_obj))
+    return out
+
+
+def _finite_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], int]:
+    out: dict[str, float] = {}
+    dropped = 0
+    for k, v in metrics.items():
+        if v is None:
+            dropped += 1
+            continue
+        if hasattr(v, "item"):  # torch / numpy scalars
+            v = v.item()
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            dropped += 1
+            continue
+        if not math.isfinite(f):
+            dropped += 1
+            continue
+        out[_truncate(str(k), MAX_KEY_LEN)] = f
+    return out, dropped
+
+
+def _get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created concurrently by another process: use theirs
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def open_run(
+    tracking_cfg: TrackingConfig | None,
+    run_name: str | None = None,
+    config_obj: Any = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    *,
+    reuse_key: str | None = None,
+) -> str | None:
+    """Create (or, with ``reuse_key``, reopen) the job's one MLflow run; return its id (None when disabled).
+
+    Logs the config as params (flattened, redacted, truncated, batched) and as a redacted ``config.yaml``
+    artifact. ``parent_run_id`` links a child run (e.g. LoRA fine-tuning -> the pre-training run) through the
+    standard ``mlflow.parentRunId`` tag. ``reuse_key`` (e.g. the training storage path + run name) makes a
+    restarted job continue the run it opened before instead of splitting its history across two runs.
+    """
+    cfg = tracking_cfg or TrackingConfig()
+    if not cfg.enabled:
+        return None
+    from mlflow.entities import Param, RunTag
+
+    uri = resolve_tracking_uri(cfg.uri)
+    client = _client(uri)
+    art = cfg.artifact_location or _default_artifact_location(uri)
+    exp_id = _get_or_create_experiment(client, cfg.experiment, art)
+    all_tags = {str(k): redact(str(v)) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    if reuse_key:
+        all_tags["protclip.reuse_key"] = redact(reuse_key)
+    name = run_name or cfg.run_name
+
+    run_id = None
+    if reuse_key:
+        found = client.search_runs(
+            [exp_id], filter_string=f"tags.`protclip.reuse_key` = '{_quote(redact(reuse_key))}'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            _log.info("continuing MLflow run %s (reuse key matched)", run_id)
+    existing: dict[str, str] = {}
+    if run_id is None:
+        run = client.create_run(exp_id, run_name=name, tags={k: _truncate(v, MAX_TAG_LEN) for k, v in all_tags.items()})
+        run_id = run.info.run_id
+    else:
+        existing = dict(client.get_run(run_id).data.params)
+        client.log_batch(run_id, tags=[RunTag(k, _truncate(v, MAX_TAG_LEN)) for k, v in all_tags.items()])
+
+    if config_obj is not None:
+        params = config_params(config_obj)
+        changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), _PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=new[i : i + _PARAMS_PER_BATCH])
+        if changed:  # MLflow params are immutable; record what a resumed job changed instead of failing
+            client.set_tag(run_id, "protclip.changed_on_resume", _truncate(", ".join(changed), MAX_TAG_LEN))
+        RunLogger(run_id, uri, secrets_of(config_obj)).log_text(_yaml(redacted_config_dict(config_obj)), "config/config.yaml")
+    return run_id
+
+
+def _quote(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+class RunLogger:
+    """Logs into an existing run by id; safe to build in any process (Train worker, Ray task, another job)."""
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None, extra_secrets: Iterable[str] = ()):
+        """``extra_secrets``: values to scrub besides the environment's credentials (see :func:`secrets_of`)."""
+        self.run_id = run_id
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self._client = _client(self.tracking_uri)
+        self._secrets = [s for s in extra_secrets if s]
+        self.dropped_metrics = 0
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log scalar metrics at ``step``; None/NaN/inf values are dropped (and counted)."""
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
+        vals, dropped = _finite_metrics(metrics)
+        self.dropped_metrics += dropped
+        if not vals:
+            return
+        ts = get_current_time_millis()
+        ms = [Metric(k, v, ts, int(step or 0)) for k, v in vals.items()]
+        for i in range(0, len(ms), _METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=ms[i : i + _METRICS_PER_BATCH])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Extra params (redacted, truncated); config trees should go through :func:`open_run` instead."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in config_params(dict(params)).items()]
+        for i in range(0, len(items), _PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(_truncate(str(k), MAX_KEY_LEN), _truncate(self._redact(str(v)), MAX_TAG_LEN))
+                 for k, v in tags.items()]
+        for i in range(0, len(items), _PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, tags=items[i : i + _PARAMS_PER_BATCH])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Upload a file or a directory. Text files are uploaded redacted (a copy; the original is untouched)."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"artifact to log does not exist: {p}")
+        with tempfile.TemporaryDirectory() as tmp:
+            src = _redacted_copy(p, Path(tmp), self._redact)
+            if src.is_dir():
+                self._client.log_artifacts(self.run_id, str(src), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(src), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self.run_id, self._redact(text), artifact_file)
+
+    def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
+        """JSON or YAML (by suffix) dump of ``d`` with secret fields masked."""
+        clean = redacted_config_dict(dict(d))
+        if artifact_file.endswith((".yaml", ".yml")):
+            self.log_text(_yaml(clean), artifact_file)
+        else:
+            self.log_text(json.dumps(clean, indent=2, default=str), artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure saved as an image artifact (e.g. ``eval/retrieval.png``)."""
+        self._client.log_figure(self.run_id, figure, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if status not in _STATUSES:
+            raise ValueError(f"status must be one of {_STATUSES}, got {status!r}")
+        self._client.set_terminated(self.run_id, status)
+
+
+def _redacted_copy(src: Path, tmp: Path, scrub: Callable[[str], str]) -> Path:
+    """Copy ``src`` into ``tmp`` scrubbing secrets out of text files; binary files are copied unchanged."""
+    if src.is_dir():
+        dst = tmp / src.name
+        for f in _walk_files(src):
+            rel = f.relative_to(src)
+            _copy_one(f, dst / rel, scrub)
+        dst.mkdir(parents=True, exist_ok=True)
+        return dst
+    dst = tmp / src.name
+    _copy_one(src, dst, scrub)
+    return dst
+
+
+def _walk_files(root: Path) -> Iterable[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _copy_one(src: Path, dst: Path, scrub: Callable[[str], str]) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix.lower() in _TEXT_SUFFIXES:
+        try:
+            dst.write_text(scrub(src.read_text()))
+            return
+        except UnicodeDecodeError:
+            pass  # not really text: copy the bytes
+    shutil.copyfile(src, dst)
+
+
+@dataclass
+class NullLogger:
+    """Stand-in for ranks other than 0 and for disabled tracking: every call is a no-op."""
+
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    dropped_metrics: int = 0
+
+    @property
+    def active(self) -> bool:
+        return False
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None: ...
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+def logger_for_rank(rank: int, run_id: str | None, tracking_uri: str | None,
+                    extra_secrets: Iterable[str] = ()) -> RunLogger | NullLogger:
+    """A real logger on rank 0 when a run is open, a no-op elsewhere (so call sites need no rank checks)."""
+    if rank == 0 and run_id:
+        return RunLogger(run_id, tracking_uri, extra_secrets)
+    return NullLogger(run_id, tracking_uri)

@@ -1,0 +1,224 @@
+"""Sharded training checkpoints with ``torch.distributed.checkpoint`` (DCP), verified before they are loaded.
+
+Layout of one checkpoint directory (every rank writes into its own local directory; Ray's ``report`` merges them
+into one checkpoint folder under the run's ``storage_path``; without Ray all ranks share one directory)::
+
+    .metadata, __<rank>_0.distcp     DCP: sharded model + optimizer state (FSDP2 DTensors, no gather on rank 0)
+    rng/rank<r>.pt                   per-rank RNG states (torch CPU/CUDA, python, numpy)
+    trainer_state.json               step, epoch, data position, skipped steps, scheduler state, best score
+    COMMITTED                        written LAST by rank 0: JSON manifest {file: size} of every rank's files
+
+A directory without ``COMMITTED``, or whose files do not match the manifest (a crash mid-upload, a partial copy),
+is never loaded: :func:`verify_checkpoint` raises and :func:`latest_valid_checkpoint` skips it. Ray itself only
+registers a checkpoint after every rank reported it; the marker is defence in depth for copies made by hand and
+for object stores without atomic directory writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["TrainState", "CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
+           "latest_valid_checkpoint", "COMMITTED", "FORMAT_VERSION"]
+
+COMMITTED = "COMMITTED"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is incomplete, corrupt or incompatible; the message names the directory and the problem."""
+
+
+@dataclass
+class TrainState:
+    """Everything besides model/optimizer tensors needed to continue a run exactly where it stopped."""
+
+    step: int = 0  # optimizer steps taken (including skipped NaN/inf steps)
+    epoch: int = 0  # current pass over the training data
+    micro_batches_in_epoch: int = 0  # data position: micro-batches of this epoch already consumed (per rank)
+    micro_batches_total: int = 0  # over the whole run (per rank)
+    skipped_steps: int = 0  # NaN/inf guard
+    pairs_seen: int = 0  # global
+    best_score: float | None = None  # best validation score so far (checkpoint_score_attribute)
+    world_size: int = 1
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. tokenizer/alphabet versions, data fingerprint
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainState:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+
+
+def _rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": _py_state_to_list(random.getstate()),
+        "numpy": _np_state_to_list(np.random.get_state()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
+    n = st["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def _py_state_to_list(s: tuple) -> list:
+    return [s[0], list(s[1]), s[2]]
+
+
+def _np_state_to_list(s: tuple) -> list:
+    return [s[0], [int(x) for x in s[1]], int(s[2]), int(s[3]), float(s[4])]
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _list_files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    state: TrainState,
+) -> None:
+    """Collective: every rank calls it with its own (local) ``directory``; returns once ``COMMITTED`` exists.
+
+    ``directory`` may be shared by all ranks (plain torch) or one per rank (Ray Train merges them on report).
+    """
+    rank, world = _world()
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(root))
+    (root / "rng").mkdir(exist_ok=True)
+    torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
+    if scheduler is not None:
+        state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    state.world_size = world
+    if rank == 0:
+        (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+    files = _list_files(root)
+    gathered: list[dict[str, int]] = [files]
+    if world > 1:
+        gathered = [None] * world  # type: ignore[list-item]
+        dist.all_gather_object(gathered, files)
+    if rank == 0:
+        manifest: dict[str, int] = {}
+        for f in gathered:
+            manifest.update(f)
+        marker = {"format": FORMAT_VERSION, "step": state.step, "world_size": world, "files": manifest,
+                  "time": time.time()}
+        tmp = root / (COMMITTED + ".tmp")
+        tmp.write_text(json.dumps(marker))
+        os.replace(tmp, root / COMMITTED)  # atomic on a local file system
+    if world > 1:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------ verify / load
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """Return the ``COMMITTED`` manifest, or raise :class:`CheckpointError` naming what is missing or wrong."""
+    root = Path(directory)
+    marker = root / COMMITTED
+    if not marker.is_file():
+        raise CheckpointError(f"checkpoint {root} is incomplete: no {COMMITTED} marker (interrupted save?)")
+    try:
+        meta = json.loads(marker.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {root}: {COMMITTED} is not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {root}: format {meta.get('format')} != supported {FORMAT_VERSION}")
+    for name, size in meta.get("files", {}).items():
+        p = root / name
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {root} is incomplete: {name} listed in {COMMITTED} is missing")
+        if p.stat().st_size != size:
+            raise CheckpointError(f"checkpoint {root}: {name} has {p.stat().st_size} bytes, manifest says {size}")
+    return meta
+
+
+def load_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> TrainState:
+    """Collective: verify, then load model/optimizer shards (any world size: DCP reshards), scheduler and RNG."""
+    rank, world = _world()
+    root = Path(directory)
+    verify_checkpoint(root)
+    state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()))
+    msd, osd = get_state_dict(model, optimizer)
+    sd = {"model": msd, "optim": osd}
+    try:
+        dcp.load(sd, checkpoint_id=str(root))
+    except Exception as e:  # DCP raises plain RuntimeErrors on missing/mismatched keys
+        raise CheckpointError(f"checkpoint {root} does not fit this model/optimizer: {e}") from e
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    if scheduler is not None and state.scheduler:
+        sched = dict(state.scheduler)
+        sched["lr_lambdas"] = [None] * len(optimizer.param_groups)
+        scheduler.load_state_dict(sched)
+    rng = root / "rng" / f"rank{rank}.pt"
+    if state.world_size == world and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=True))
+    else:
+        _log.warning("checkpoint %s was written by %d ranks, now %d: RNG streams are re-seeded, not restored",
+                     root, state.world_size, world)
+    return state
+
+
+def latest_valid_checkpoint(run_dir: str | os.PathLike, prefix: str = "checkpoint_") -> Path | None:
+    """Newest verified checkpoint directory under ``run_dir`` (skipping incomplete ones), or None."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return None
+    found: list[tuple[int, Path]] = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith(prefix):
+            try:
+                meta = verify_checkpoint(d)
+            except CheckpointError as e:
+                _log.warning("skipping %s", e)
+                continue
+            found.append((int(meta.get("step", -1)), d))
+    return max(found)[1] if found else None

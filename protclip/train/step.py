@@ -1,0 +1,169 @@
+"""One optimizer step's forward/backward over ``A`` micro-batches, keeping the contrastive negatives of the whole
+accumulated batch (feature cache, GradCache / open_clip ``--accum-freq``; users.md C.2).
+
+With ``A > 1`` and GC on:
+
+1. **cache pass** (no grad): the GC features (``encode_protein`` / ``encode_text``) of every micro-batch; the RNG
+   state before each one is remembered so the grad pass below sees the same dropout/noise;
+2. **grad pass** per micro-batch ``a``: the full forward with grad; the GC loss scores this rank's rows of the
+   *whole* accumulated batch (cache, with micro-batch ``a``'s rows replaced by the live, grad-carrying features)
+   against the columns of the whole accumulated *global* batch (all ranks, gathered with grad). Its gradient is
+   therefore exactly the gradient of the full-batch GC loss with respect to micro-batch ``a``'s features; summed
+   over ``a`` it is the full gradient, so the GC term is **not** divided by ``A``;
+3. per-sample terms (MLM, BSR, PDA) are plain means inside a micro-batch; they are re-weighted so the sum over
+   micro-batches is the mean over the accumulated batch: MLM/BSR by their share of this rank's target tokens
+   (they are token means), PDA by its share of the rows;
+4. the learnable GC ``logit_scale`` enters the full-batch loss of every pass, so only the first pass lets its
+   gradient through (otherwise it would be counted ``A`` times, as in open_clip's ``--accum-freq``).
+
+The result equals the un-accumulated step on the same rows (tested: 2 x 4 == 1 x 8, loss and parameters). Each
+rank's micro-batches must have equal row counts (all-gather of equal shards; the pipeline drops partial batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from protclip.model.losses.contrastive import GatheredFeatures, all_gather_with_grad
+from protclip.model.losses.total import ProtCLIPLoss, loss_weights
+
+__all__ = ["forward_backward", "StepTerms", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100
+#: per-sample term -> how its micro-batch share is measured
+_TOKEN_TERMS = {"loss_mlm": "mlm_labels", "loss_bsr": "span_labels"}
+_ACC_OF = {"loss_mlm": "mlm_accuracy", "loss_bsr": "bsr_accuracy", "loss_pda": "pda_accuracy"}
+
+
+@dataclass
+class StepTerms:
+    """Detached, rank-local values of the step (means over this rank's accumulated batch)."""
+
+    values: dict[str, float]  # loss, loss_gc, loss_mlm, ..., accuracies, logit scales
+    rows: int  # pairs on this rank in this step
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rng_get() -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _rng_set(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
+def _shares(micro_batches: Sequence[dict[str, torch.Tensor]], term: str) -> list[float]:
+    """Weight of each micro-batch's mean of ``term`` in the mean over the accumulated batch."""
+    if term in _TOKEN_TERMS:
+        counts = [float((mb[_TOKEN_TERMS[term]] != IGNORE_INDEX).sum()) for mb in micro_batches]
+    else:
+        counts = [float(mb["protein_input_ids"].shape[0]) for mb in micro_batches]
+    total = sum(counts)
+    if total == 0:
+        return [1.0 / len(micro_batches)] * len(micro_batches)
+    return [c / total for c in counts]
+
+
+def _cache_gather(cache_p: torch.Tensor, cache_t: torch.Tensor, index: int, rows: int, rank: int, world: int
+                  ) -> Callable[[torch.Tensor, torch.Tensor], GatheredFeatures]:
+    """Gather for micro-batch ``index``: local accumulated rows with the live ones in place, global columns."""
+
+    def gather(protein: torch.Tensor, text: torch.Tensor) -> GatheredFeatures:
+        lo, hi = index * rows, (index + 1) * rows
+        if protein.shape[0] != rows:
+            raise ValueError(f"micro-batch {index} has {protein.shape[0]} rows, expected {rows} (all equal)")
+        p_rows = torch.cat([cache_p[:lo], protein.to(cache_p.dtype), cache_p[hi:]])
+        t_rows = torch.cat([cache_t[:lo], text.to(cache_t.dtype), cache_t[hi:]])
+        if world == 1:
+            return GatheredFeatures(p_rows, t_rows, p_rows, t_rows, 0)
+        p_cols, t_cols = all_gather_with_grad(p_rows), all_gather_with_grad(t_rows)
+        return GatheredFeatures(p_rows, t_rows, p_cols, t_cols, rank * p_rows.shape[0])
+
+    return gather
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    loss_fn: ProtCLIPLoss,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> StepTerms:
+    """Run forward and backward over the step's micro-batches (gradients accumulate in ``.grad``)."""
+    n = len(micro_batches)
+    if n == 0:
+        raise ValueError("forward_backward needs at least one micro-batch")
+    rank, world = _world()
+    weights = loss_weights(loss_fn.cfg)
+    per_sample = [k for k in weights if k != "loss_gc"]
+    shares = {k: _shares(micro_batches, k) for k in per_sample}
+    use_cache = n > 1 and "loss_gc" in weights
+    ctx = autocast or contextlib.nullcontext()
+
+    rng_states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    cache_p = cache_t = None
+    rows = int(micro_batches[0]["protein_input_ids"].shape[0])
+    if use_cache:
+        feats_p, feats_t = [], []
+        with torch.no_grad(), ctx:
+            for mb in micro_batches:
+                rng_states.append(_rng_get())
+                feats_p.append(model.encode_protein(mb["protein_input_ids"], mb["protein_attention_mask"]).float())
+                feats_t.append(model.encode_text(mb["text_input_ids"], mb["text_attention_mask"]).float())
+        if any(f.shape[0] != rows for f in feats_p):
+            raise ValueError(f"micro-batches of one step must have equal sizes, got {[f.shape[0] for f in feats_p]}")
+        cache_p, cache_t = torch.cat(feats_p), torch.cat(feats_t)
+
+    acc: dict[str, float] = {}
+    for a, mb in enumerate(micro_batches):
+        gather = None
+        if use_cache:
+            _rng_set(rng_states[a])
+            gather = _cache_gather(cache_p, cache_t, a, rows, rank, world)
+        with ctx:
+            out = model(mb)
+            if use_cache and a > 0:
+                # the GC scale enters the full-batch loss in every pass: let only the first pass carry its grad
+                out["logit_scale"] = out["logit_scale"].detach()
+            terms = loss_fn(out, gather_fn=gather)
+        if n == 1:
+            backward_loss = terms["loss"]
+        else:  # GC: full-batch loss, its gradient reaches only this micro-batch -> weight 1, not 1/n
+            backward_loss = weights["loss_gc"] * terms["loss_gc"] if use_cache else terms["loss"].new_zeros(())
+            for k in per_sample:
+                backward_loss = backward_loss + weights[k] * shares[k][a] * terms[k]
+        backward_loss.backward()
+        _accumulate(acc, terms, shares, a, n)
+
+    values = dict(acc)
+    values["loss"] = sum(weights[k] * values[k] for k in weights)
+    return StepTerms(values=values, rows=rows * n)
+
+
+def _accumulate(acc: dict[str, float], terms: dict[str, torch.Tensor], shares: dict[str, list[float]],
+                a: int, n: int) -> None:
+    """Combine the micro-batch's detached values into the accumulated-batch values."""
+    for k, v in terms.items():
+        if k == "loss":
+            continue
+        val = float(v.detach().float().reshape(-1)[0]) if v.numel() else 0.0
+        share = None
+        for term, acc_key in _ACC_OF.items():
+            if k in (term, acc_key) and term in shares:
+                share = shares[term][a]
+        if share is None:  # GC terms (same full-batch value in every pass) and scales: keep the last
+            acc[k] = val
+        else:
+            acc[k] = acc.get(k, 0.0) + share * val
