@@ -56,7 +56,9 @@ def child(args: argparse.Namespace) -> None:
     from transformers import EsmModel
 
     dev = torch.device(args.device)
-    model = EsmModel._from_config(tiny_esm_config(geom), attn_implementation=args.backend, add_pooling_layer=False)
+    model = EsmModel._from_config(
+        tiny_esm_config(geom), attn_implementation=args.backend, add_pooling_layer=False
+    )
     model.to(dev).train()
     ids = torch.randint(4, 24, (args.batch, args.length), device=dev)
     ids[:, 0], ids[:, -1] = 0, 2
@@ -111,7 +113,11 @@ def child(args: argparse.Namespace) -> None:
         peak = max(sampled)
         if maxrss_after > maxrss_before:  # the step set the process peak: ru_maxrss is exact
             peak = max(peak, maxrss_after)
-        res = {"peak_mb": (peak - base) / 2**20, "first_s": t1 - t0, "time_s": (t2 - t1) if args.repeat else t1 - t0}
+        res = {
+            "peak_mb": (peak - base) / 2**20,
+            "first_s": t1 - t0,
+            "time_s": (t2 - t1) if args.repeat else t1 - t0,
+        }
     print("RESULT " + json.dumps(res))
 
 
@@ -140,6 +146,7 @@ def environment(device: str) -> dict[str, str]:
         "cpu": _cpu_name(),
         "cores (os.cpu_count)": str(os.cpu_count()),
         "memory": f"{_mem_gb():.1f} GiB",
+        "load average (1 min) at the end": f"{os.getloadavg()[0]:.1f}",
     }
     try:
         env["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -174,14 +181,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backends", nargs="+", default=None, help="default: eager sdpa (+ xformers on cuda)")
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096])
-    ap.add_argument("--batch", type=int, default=2, help="rows; rows after the first are padded to 3/4 length")
+    ap.add_argument(
+        "--batch", type=int, default=2, help="rows; rows after the first are padded to 3/4 length"
+    )
     ap.add_argument("--geometry", choices=sorted(GEOMETRIES), default="esm2_8m")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", action="store_true", help="time a second step (the first is warm-up)")
     ap.add_argument("--max-eager-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=int, default=900)
-    ap.add_argument("--out", default=None, help="results markdown (default benchmarks/results/attention_<dev>_<yyyymm>.md)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results markdown (default benchmarks/results/attention_<dev>_<yyyymm>.md)",
+    )
     args = ap.parse_args(argv)
     if args.child:
         child(args)
@@ -201,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((length, results))
 
     env = environment(args.device)
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"attention_{args.device}_{dt.date.today():%Y%m}.md")
+    out = Path(
+        args.out or REPO / "benchmarks" / "results" / f"attention_{args.device}_{dt.date.today():%Y%m}.md"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(args, backends, rows, env))
     print(f"wrote {out}")

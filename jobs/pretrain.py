@@ -25,12 +25,16 @@ def main(argv: list[str]) -> int:
     """
     from protclip.config import cli_config
     from protclip.runtime import init_ray
-    from protclip.storage import redact
+    from protclip.storage import check_access, redact
     from protclip.train.config import PretrainConfig
-    from protclip.train.trainer import run_pretrain
 
     setup_logging()
     cfg = cli_config(PretrainConfig, argv)
+    # fail fast, before torch/Ray start: a wrong bucket or credentials is one line and exit 3, not minutes later
+    check_access(cfg.data.uri, cfg.storage.access())
+    check_access(cfg.storage.storage_path, cfg.storage.access(), write=True)
+    from protclip.train.trainer import run_pretrain
+
     init_ray()
     result = run_pretrain(cfg)
     summary = {"mlflow_run_id": result.run_id, "run": redact(result.run_uri), "checkpoint": result.checkpoint_path,

@@ -142,7 +142,7 @@ def _validate_pod_template(tpl: Any, where: str, errors: list[str]) -> list[dict
     volumes = spec.get("volumes") or []
     declared = {v.get("name") for v in volumes if isinstance(v, dict)}
     mounted: set[str] = set()
-    for i, c in enumerate(list(containers) + list(spec.get("initContainers") or [])):
+    for c in list(containers) + list(spec.get("initContainers") or []):
         for m in _get(c, "volumeMounts") or []:
             name = _get(m, "name")
             mounted.add(name)

@@ -171,10 +171,13 @@ def start_server(root: str | Path, *, host: str = DEFAULT_HOST, port: int | None
     artifacts = artifacts_destination or str(root / "artifacts")
     log_path = root / f"mlflow-server-{port}.log"
     cmd = server_command(backend, artifacts, host, port, workers, allowed_hosts, extra_args)
+    env = dict(os.environ if env is None else env)
+    # MLflow 3.x also starts a job runner with ~7 huey consumer processes for GenAI scorer jobs; the trainer
+    # never submits such jobs, so it stays off unless the caller's environment turns it on.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=dict(os.environ if env is None else env),
-                                cwd=root)
+                                start_new_session=True, env=env, cwd=root)
     server = MlflowServer(url=f"http://{_probe_host(host)}:{port}", host=host, port=port, process=proc,
                           log_path=log_path)
     _wait_healthy(server, timeout_s)

@@ -334,14 +334,16 @@ class RunLogger:
             self._client.log_batch(self.run_id, tags=items[i : i + _PARAMS_PER_BATCH])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        """Upload a file or a directory. Text files are uploaded redacted (a copy; the original is untouched)."""
+        """Upload a file or a directory to ``<artifact_path>/<its name>``. Text files are uploaded redacted (a
+        copy; the original is untouched)."""
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"artifact to log does not exist: {p}")
         with tempfile.TemporaryDirectory() as tmp:
             src = _redacted_copy(p, Path(tmp), self._redact)
-            if src.is_dir():
-                self._client.log_artifacts(self.run_id, str(src), artifact_path)
+            if src.is_dir():  # like a file, a folder lands at <artifact_path>/<its name>/...
+                dest = f"{artifact_path.rstrip('/')}/{src.name}" if artifact_path else src.name
+                self._client.log_artifacts(self.run_id, str(src), dest)
             else:
                 self._client.log_artifact(self.run_id, str(src), artifact_path)
 

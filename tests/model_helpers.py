@@ -25,7 +25,9 @@ def protanno_rows() -> tuple[dict, ...]:
         assert not report.errors, report.errors[:3]
         return tuple(record_to_row(r) for r in report.records)
     except Exception as e:  # noqa: BLE001 - any parser failure: fall back, loudly
-        warnings.warn(f"UniProt parser unavailable ({type(e).__name__}: {e}); using the jsonl sample rows", stacklevel=2)
+        warnings.warn(
+            f"UniProt parser unavailable ({type(e).__name__}: {e}); using the jsonl sample rows", stacklevel=2
+        )
         return jsonl_rows()
 
 

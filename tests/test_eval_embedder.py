@@ -14,7 +14,12 @@ from protclip.eval.alphabet import AMINO_ACIDS
 from protclip.eval.embedder import Embedder, HFProteinEmbedder, length_batches
 from protclip.eval.tiny import esm_tokenizer, tiny_esm_embedder
 
-SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "MKV", "GGSWLLAAKE", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRLSPLHSVYVDQWDWERVMGDGERQFSTLKSTVEAIWAGIKATEAAVSEEFGLAPFLPDQIHFVHSQELLSRYPDLDAKGRERAIAKDLGAVFLVGIGGKLSDGHRHDVRAPDYDDWSTPSELGHAGLNGDILVWNPVLEDAFELSSMGIRVDADTLKHQLALTGDEDRLELEWHQALLRGEMPQTIGGGIGQSRLTMLLLQLPHIGQVQAGVWPAACRESVPALL"]
+SEQS = [
+    "MKTAYIAKQRQISFVKSHFSRQ",
+    "MKV",
+    "GGSWLLAAKE",
+    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRLSPLHSVYVDQWDWERVMGDGERQFSTLKSTVEAIWAGIKATEAAVSEEFGLAPFLPDQIHFVHSQELLSRYPDLDAKGRERAIAKDLGAVFLVGIGGKLSDGHRHDVRAPDYDDWSTPSELGHAGLNGDILVWNPVLEDAFELSSMGIRVDADTLKHQLALTGDEDRLELEWHQALLRGEMPQTIGGGIGQSRLTMLLLQLPHIGQVQAGVWPAACRESVPALL",
+]
 
 
 def manual_embedding(emb: HFProteinEmbedder, seq: str) -> np.ndarray:
@@ -41,7 +46,9 @@ def test_encoding_is_one_token_per_residue_and_crops():
     assert ids.shape == (2, 7) and mask.tolist() == [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]
     assert ids[0].tolist() == [emb.cls_id, 20, 15, emb.unk_id, emb.unk_id, 24, emb.eos_id]  # ESM-2 ids
     long = "".join(AMINO_ACIDS) * 2
-    np.testing.assert_allclose(emb.embed_proteins([long], 1)[0], emb.embed_proteins([long[:10]], 1)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        emb.embed_proteins([long], 1)[0], emb.embed_proteins([long[:10]], 1)[0], atol=1e-6
+    )
     with pytest.raises(ValueError, match="sequence 1 is empty"):
         emb.encode(["MK", ""])
 

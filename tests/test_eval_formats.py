@@ -53,7 +53,9 @@ def test_deeploc_real_file_location_counts_match_readme():
     assert len(set(data.ids)) == 2768
     lengths = [len(s) for s in data.sequences]
     assert min(lengths) == 40 and max(lengths) == 5654
-    assert sum(bool(set(s) - set(AMINO_ACIDS)) for s in data.sequences) == 4  # "four ... non-standard letters"
+    assert (
+        sum(bool(set(s) - set(AMINO_ACIDS)) for s in data.sequences) == 4
+    )  # "four ... non-standard letters"
     assert data.ids[0] == "Q9H400" and data.labels[0] == "Cell.membrane"
 
 
@@ -98,12 +100,23 @@ def test_plain_labeled_fasta(tmp_path):
 
 def test_tables_csv_tsv_parquet(tmp_path):
     df = pd.DataFrame(
-        {"acc": ["a", "b", "c"], "seq": ["MKV", "MKTA", "GGG"], "loc": ["N", "C", "N"], "go": ["x;y", "y", ""],
-         "stab": ["0.5", "-1", "2e-1"]}
+        {
+            "acc": ["a", "b", "c"],
+            "seq": ["MKV", "MKTA", "GGG"],
+            "loc": ["N", "C", "N"],
+            "go": ["x;y", "y", ""],
+            "stab": ["0.5", "-1", "2e-1"],
+        }
     )
     df.to_csv(tmp_path / "t.csv", index=False)
     df.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
-    single = read_table(tmp_path / "t.csv", task_type="single_label", sequence_column="seq", label_column="loc", id_column="acc")
+    single = read_table(
+        tmp_path / "t.csv",
+        task_type="single_label",
+        sequence_column="seq",
+        label_column="loc",
+        id_column="acc",
+    )
     assert single.ids == ["a", "b", "c"] and single.labels == ["N", "C", "N"]
     multi = read_table(tmp_path / "t.tsv", task_type="multi_label", sequence_column="seq", label_column="go")
     assert multi.labels == [["x", "y"], ["y"], []]
@@ -111,7 +124,9 @@ def test_tables_csv_tsv_parquet(tmp_path):
     assert reg.labels == [0.5, -1.0, 0.2]
     pq = df.assign(go=[["x", "y"], ["y"], []])
     pq.to_parquet(tmp_path / "t.parquet")
-    multi_pq = read_table(tmp_path / "t.parquet", task_type="multi_label", sequence_column="seq", label_column="go")
+    multi_pq = read_table(
+        tmp_path / "t.parquet", task_type="multi_label", sequence_column="seq", label_column="go"
+    )
     assert multi_pq.labels == multi.labels
 
 
@@ -121,7 +136,11 @@ def test_table_errors_name_file_row_and_field(tmp_path):
     with pytest.raises(FormatError, match=r"bad.csv: row 2 \(line 3\): field 'sequence': non-letter"):
         read_table(f, task_type="single_label")
     skipped = read_table(f, task_type="single_label", on_error="skip")
-    assert len(skipped) == 1 and len(skipped.errors) == 2 and "row 3 (line 4): field 'label'" in skipped.errors[1]
+    assert (
+        len(skipped) == 1
+        and len(skipped.errors) == 2
+        and "row 3 (line 4): field 'label'" in skipped.errors[1]
+    )
     with pytest.raises(FormatError, match="bad.csv: header: field 'target'.*missing"):
         read_table(f, task_type="single_label", label_column="target")
     with pytest.raises(ValueError, match="table format"):
@@ -149,14 +168,18 @@ def test_read_mutations_validates_wild_type(tmp_path):
     assert data.mutations[1] == [Mutation("A", 2, "G"), Mutation("K", 4, "R")]
 
     pd.DataFrame({"mutant": ["A3G", "K3R"], "score": ["0.1", "0.2"]}).to_csv(f, index=False)
-    with pytest.raises(FormatError, match=r"dms.csv: row 2 \(line 3\): field 'mutant': K3R: wild type has 'A' at position 3"):
+    with pytest.raises(
+        FormatError, match=r"dms.csv: row 2 \(line 3\): field 'mutant': K3R: wild type has 'A' at position 3"
+    ):
         read_mutations(f, wt_sequence=wt)
     pd.DataFrame({"mutant": ["A9G"], "score": ["0.1"]}).to_csv(f, index=False)
     with pytest.raises(FormatError, match="outside the wild type"):
         read_mutations(f, wt_sequence=wt)
 
     per_row = tmp_path / "multi.tsv"
-    pd.DataFrame({"mutant": ["A3G", "C1D"], "score": ["1", "2"], "wt": [wt, "CCC"]}).to_csv(per_row, sep="\t", index=False)
+    pd.DataFrame({"mutant": ["A3G", "C1D"], "score": ["1", "2"], "wt": [wt, "CCC"]}).to_csv(
+        per_row, sep="\t", index=False
+    )
     data = read_mutations(per_row, wt_column="wt")
     assert data.wt_sequences == [wt, "CCC"]
     with pytest.raises(ValueError, match="exactly one"):
@@ -168,7 +191,9 @@ def test_read_mutations_validates_wild_type(tmp_path):
 
 def test_ppi_pairs_inline_and_by_id(tmp_path):
     inline = tmp_path / "pairs.tsv"
-    pd.DataFrame({"seq_a": ["MKV", "MKT"], "seq_b": ["GGG", "MKV"], "label": ["1", "0"]}).to_csv(inline, sep="\t", index=False)
+    pd.DataFrame({"seq_a": ["MKV", "MKT"], "seq_b": ["GGG", "MKV"], "label": ["1", "0"]}).to_csv(
+        inline, sep="\t", index=False
+    )
     p = read_ppi_pairs(inline)
     assert p.seqs_a == ["MKV", "MKT"] and p.labels == [1, 0] and p.pair_ids()[0] == "GGG|MKV"
 
@@ -178,14 +203,20 @@ def test_ppi_pairs_inline_and_by_id(tmp_path):
     tsv_map.write_text("P1\tMKV\nP2\tGGG\n")
     assert read_sequence_map(fasta) == read_sequence_map(tsv_map) == {"P1": "MKV", "P2": "GGG"}
     by_id = tmp_path / "ids.csv"
-    pd.DataFrame({"id_a": ["P1", "P2"], "id_b": ["P2", "P3"], "label": ["true", "0"]}).to_csv(by_id, index=False)
-    with pytest.raises(FormatError, match=r"ids.csv: row 2 \(line 3\): field 'id_b': id 'P3' has no sequence"):
+    pd.DataFrame({"id_a": ["P1", "P2"], "id_b": ["P2", "P3"], "label": ["true", "0"]}).to_csv(
+        by_id, index=False
+    )
+    with pytest.raises(
+        FormatError, match=r"ids.csv: row 2 \(line 3\): field 'id_b': id 'P3' has no sequence"
+    ):
         read_ppi_pairs(by_id, sequences=fasta)
     p = read_ppi_pairs(by_id, sequences=tsv_map, on_error="skip")
     assert p.ids_a == ["P1"] and p.seqs_b == ["GGG"] and p.labels == [1] and len(p.errors) == 1
     with pytest.raises(ValueError, match="pass `sequences`"):
         read_ppi_pairs(by_id)
-    pd.DataFrame({"seq_a": ["MKV"], "seq_b": ["GGG"], "label": ["maybe"]}).to_csv(inline, sep="\t", index=False)
+    pd.DataFrame({"seq_a": ["MKV"], "seq_b": ["GGG"], "label": ["maybe"]}).to_csv(
+        inline, sep="\t", index=False
+    )
     with pytest.raises(FormatError, match="field 'label': expected a 0/1 label"):
         read_ppi_pairs(inline)
 
@@ -225,7 +256,10 @@ def test_go_slim_real_file_counts_and_propagation():
     terms = read_obo(shared_data_dir() / "go" / "goslim_generic.obo")
     assert len(terms) == 149
     assert Counter(t.namespace for t in terms.values()) == {
-        "biological_process": 71, "molecular_function": 43, "cellular_component": 35}
+        "biological_process": 71,
+        "molecular_function": 43,
+        "cellular_component": 35,
+    }
     assert sum(len(t.is_a) for t in terms.values()) == 148
     assert sum(len(t.part_of) for t in terms.values()) == 68
     assert terms["GO:0005739"].name == "mitochondrion"

@@ -158,7 +158,9 @@ def _torchdrug_f1_max(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     all_order = inv_order[all_order]
     precision = precision.flatten()
     recall = recall.flatten()
-    all_precision = precision[all_order] - torch.where(is_start, torch.zeros_like(precision), precision[all_order - 1])
+    all_precision = precision[all_order] - torch.where(
+        is_start, torch.zeros_like(precision), precision[all_order - 1]
+    )
     all_precision = all_precision.cumsum(0) / is_start.cumsum(0)
     all_recall = recall[all_order] - torch.where(is_start, torch.zeros_like(recall), recall[all_order - 1])
     all_recall = all_recall.cumsum(0) / pred.shape[0]

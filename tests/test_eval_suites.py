@@ -65,7 +65,9 @@ def _retrieval_file(tmp_path, n=30, seed=0):
 def test_retrieval_matched_embeddings_are_perfect(tmp_path):
     path, seqs, texts, rng = _retrieval_file(tmp_path)
     vec = {s: rng.normal(size=16) for s in seqs}
-    vec[seqs[6]] = vec[seqs[5]] + 0.01 * rng.normal(size=16)  # one text, two proteins: a perfect model puts them together
+    vec[seqs[6]] = vec[seqs[5]] + 0.01 * rng.normal(
+        size=16
+    )  # one text, two proteins: a perfect model puts them together
     by_text = {}
     for s, t in zip(seqs, texts):
         by_text.setdefault(t, vec[s] + 0.01 * rng.normal(size=16))
@@ -115,7 +117,9 @@ def test_zero_shot_default_deeploc_prompts():
     prompts = class_prompts(sorted(DEEPLOC_CLASS_NAMES), DEFAULT_LOCATION_TEMPLATES, None)
     assert len(prompts) == 10
     assert "SUBCELLULAR LOCATION: Secreted." in prompts["Extracellular"]
-    assert {"SUBCELLULAR LOCATION: Lysosome.", "SUBCELLULAR LOCATION: Vacuole."} <= set(prompts["Lysosome/Vacuole"])
+    assert {"SUBCELLULAR LOCATION: Lysosome.", "SUBCELLULAR LOCATION: Vacuole."} <= set(
+        prompts["Lysosome/Vacuole"]
+    )
     custom = class_prompts(["a", "b"], ["is {name}"], {"a": ["alpha"]})
     assert custom == {"a": ["is alpha"], "b": ["is b"]}
 
@@ -140,7 +144,9 @@ def _synthetic_task(tmp_path, task_type: str, n=240, seed=0):
         x = rng.normal(size=(n, 12))
         labels = (x @ rng.normal(size=12) + 0.2 * rng.normal(size=n)).tolist()
     path = tmp_path / f"{task_type}.csv"
-    pd.DataFrame({"id": [f"P{i}" for i in range(n)], "sequence": seqs, "label": labels}).to_csv(path, index=False)
+    pd.DataFrame({"id": [f"P{i}" for i in range(n)], "sequence": seqs, "label": labels}).to_csv(
+        path, index=False
+    )
     return str(path), TableEmbedder(dict(zip(seqs, x)))
 
 
@@ -169,9 +175,20 @@ def test_linear_probe_regression(tmp_path):
 @pytest.mark.parametrize("task_type", ["single_label", "multi_label", "regression"])
 def test_finetune_head_frozen(tmp_path, task_type):
     path, emb = _synthetic_task(tmp_path, task_type)
-    cfg = {"path": path, "task_type": task_type, "epochs": 40, "hidden_dim": 64, "lr": 3e-3, "make_figures": False}
+    cfg = {
+        "path": path,
+        "task_type": task_type,
+        "epochs": 40,
+        "hidden_dim": 64,
+        "lr": 3e-3,
+        "make_figures": False,
+    }
     res = run_suite("finetune_head", cfg, emb)
-    key, floor = {"single_label": ("acc", 0.85), "multi_label": ("fmax", 0.8), "regression": ("spearman", 0.85)}[task_type]
+    key, floor = {
+        "single_label": ("acc", 0.85),
+        "multi_label": ("fmax", 0.8),
+        "regression": ("spearman", 0.85),
+    }[task_type]
     assert res.metrics[key] > floor, res.metrics
     assert res.info["n_valid"] > 0 and res.info["n_fit"] + res.info["n_valid"] == res.info["n_train"]
 
@@ -188,8 +205,16 @@ def test_finetune_head_partial_trains_a_copy_of_the_tower(tmp_path):
     pd.DataFrame({"sequence": seqs, "label": labels}).to_csv(path, index=False)
     emb = tiny_esm_embedder(seed=1)
     before = {k: v.clone() for k, v in emb.model.state_dict().items()}
-    cfg = {"path": str(path), "mode": "partial", "unfreeze_layers": 1, "epochs": 15, "hidden_dim": 32,
-           "lr": 3e-3, "valid_fraction": 0.2, "make_figures": False}
+    cfg = {
+        "path": str(path),
+        "mode": "partial",
+        "unfreeze_layers": 1,
+        "epochs": 15,
+        "hidden_dim": 32,
+        "lr": 3e-3,
+        "valid_fraction": 0.2,
+        "make_figures": False,
+    }
     res = run_suite("finetune_head", cfg, emb)
     assert res.metrics["acc"] >= 0.8, res.metrics
     after = emb.model.state_dict()

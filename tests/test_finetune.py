@@ -22,7 +22,14 @@ from protclip.finetune.data import (
     steps_per_epoch,
     train_batch,
 )
-from protclip.finetune.model import TaskSpec, attach_lora, build_task_model, load_adapter, save_adapter, save_merged
+from protclip.finetune.model import (
+    TaskSpec,
+    attach_lora,
+    build_task_model,
+    load_adapter,
+    save_adapter,
+    save_merged,
+)
 from protclip.paths import REPO_ROOT
 
 DEEPLOC = "benchmarks/deeploc1_la/deeploc_test_set.fasta"
@@ -304,6 +311,7 @@ def test_fsdp2_bf16_base_fp32_lora_per_residue_run_and_predict(tower, protanno_p
     per-residue task trains, exports an adapter, and the inference entry point predicts with it."""
     import pandas as pd
 
+    from protclip.finetune.checkpoint import restore_trainable, trainable_state
     from protclip.finetune.infer import main as infer_main
     from protclip.finetune.loop import WorkerEnv, _Runner
     from protclip.finetune.prepare import prepare
@@ -318,6 +326,14 @@ def test_fsdp2_bf16_base_fp32_lora_per_residue_run_and_predict(tower, protanno_p
     runner = _Runner(cfg, p.job, p.data, WorkerEnv())
     dtypes = {(".lora_" in n or "modules_to_save" in n, p_.dtype) for n, p_ in runner.model.named_parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    snap = trainable_state(runner.model)  # the select=best snapshot round-trips on sharded parameters
+    with torch.no_grad():
+        for q in runner.trainable:
+            q.add_(1.0)
+    restore_trainable(runner.model, snap)
+    for k, v in trainable_state(runner.model).items():
+        assert torch.equal(v.full_tensor() if hasattr(v, "full_tensor") else v,
+                           snap[k].full_tensor() if hasattr(snap[k], "full_tensor") else snap[k]), k
     out = runner.run()
     assert out["step"] == 4 and np.isfinite(out["test/loss"]) and 0 <= out["test/aupr"] <= 1
     export = tmp_path / "bs" / "export"

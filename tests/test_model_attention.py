@@ -79,14 +79,18 @@ def test_gpu_branch_with_stand_in_kernel(towers, monkeypatch):
     """Drive the xformers branch (layout [B, L, H, D], bias, scale) with a reference kernel in xformers' API."""
 
     def memory_efficient_attention(q, k, v, attn_bias=None, p=0.0, scale=None):
-        assert q.dim() == 4 and (attn_bias is None or attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+        assert q.dim() == 4 and (
+            attn_bias is None or attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        )
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
         if attn_bias is not None:
             s = s + attn_bias
         return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
 
-    monkeypatch.setattr(attention, "xops", types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention))
+    monkeypatch.setattr(
+        attention, "xops", types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
+    )
     monkeypatch.setattr(attention, "_use_xformers_kernel", lambda q: True)
     protein, text = towers
     assert max_diff_vs_eager(protein, *padded_protein_batch(), "xformers") < TOL

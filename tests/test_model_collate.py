@@ -36,7 +36,10 @@ def test_real_rows_become_model_inputs():
     tok = load_text_tokenizer(text_tokenizer_dir(cfg.text_model))
     assert b["text_input_ids"].shape[1] <= cfg.max_text_length
     assert (b["text_input_ids"][:, 0] == tok.cls_token_id).all()
-    assert b["subtext_input_ids"].shape[:2] == (B, 4) and b["subtext_input_ids"].shape[2] <= cfg.max_subtext_length
+    assert (
+        b["subtext_input_ids"].shape[:2] == (B, 4)
+        and b["subtext_input_ids"].shape[2] <= cfg.max_subtext_length
+    )
     for i, r in enumerate(rows):
         present = {o["property"] for o in r["property_offsets"]}
         assert b["property_present"][i].tolist() == [int(p in present) for p in PROPERTIES]

@@ -21,10 +21,10 @@ from protclip.model.losses.pda import pda_logits
 
 
 # ------------------------------------------------------------------------------------------------ PDA
-def random_pda_inputs(b=3, l=20, d=8, k=4, seed=0):
+def random_pda_inputs(b=3, length=20, d=8, k=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(b, l, d, generator=g)
-    mask = torch.ones(b, l, dtype=torch.bool)
+    tokens = torch.randn(b, length, d, generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
     mask[0, 15:] = False
     mask[:, 0] = False
     queries = torch.randn(b, k, d, generator=g)
@@ -80,7 +80,9 @@ def test_pda_released_direction_is_repeated():
     e2q = F.cross_entropy(logits.reshape(12, 4), labels)
     q2e = F.cross_entropy(logits.transpose(1, 2).reshape(12, 4), labels)
     torch.testing.assert_close(pda_loss(tokens, mask, queries, scale, symmetric=False)["loss_pda"], e2q)
-    torch.testing.assert_close(pda_loss(tokens, mask, queries, scale, symmetric=True)["loss_pda"], (e2q + q2e) / 2)
+    torch.testing.assert_close(
+        pda_loss(tokens, mask, queries, scale, symmetric=True)["loss_pda"], (e2q + q2e) / 2
+    )
 
 
 # ------------------------------------------------------------------------------------------------ GC

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from protclip.data.collate import ProtCLIPCollator
-from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_MASK, ESM_PAD, ESM_STANDARD_AA_IDS, ProteinTokenizer
+from protclip.data.tokenizers import (
+    ESM_CLS,
+    ESM_EOS,
+    ESM_MASK,
+    ESM_PAD,
+    ESM_STANDARD_AA_IDS,
+    ProteinTokenizer,
+)
 from protclip.model import masking
 from protclip.model.config import LossConfig, tiny_model_config
 from tests.model_helpers import row_batch
@@ -134,7 +141,10 @@ def test_feature_spans_follow_positional_features():
 
 
 def test_feature_spans_shift_with_the_crop_window():
-    feats = [{"type": "MOTIF", "start": 101, "end": 106, "note": None}, {"type": "MOTIF", "start": 5, "end": 10}]
+    feats = [
+        {"type": "MOTIF", "start": 101, "end": 106, "note": None},
+        {"type": "MOTIF", "start": 5, "end": 10},
+    ]
     spans = masking.feature_spans(feats, 95, 30, {"MOTIF"}, 5, 10, 0.1, np.random.default_rng(0))
     assert spans == [(5, 11)]  # residues 101..106 (1-based) are 5..10 of a window starting at residue 96
 

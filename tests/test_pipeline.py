@@ -105,13 +105,12 @@ def test_sampling_matches_pure_keep_mask_and_columns(ray_local, table, local_uri
 def test_validation_split_disjoint_stable_and_capped(ray_local, table, local_uri):
     cfg = _cfg(local_uri, val_fraction=0.3)
     val = set(_rows_by_epoch(sampled_rows(cfg, split="val", epochs=[0]))[0])
-    train = _rows_by_epoch(sampled_rows(cfg))
-    assert val and not val & (set(train[0]) | set(train[1]))
+    assert val and not val & (_pure_train(table, cfg, 0) | _pure_train(table, cfg, 1))
     u = val_uniform(table["accession"], 0)
     keep0 = keep_mask(table["reviewed"].to_numpy(zero_copy_only=False), table["protein_existence"].to_numpy(),
                       table["n_properties"].to_numpy(), table["accession"], PER_EPOCH, 0)
     cand = table.filter(pa.array((u < 0.3) & keep0))
-    assert val == set(cand["accession"].to_pylist())
+    assert val == set(cand["accession"].to_pylist())  # a hash of the accession, not row order
     # another shuffle seed leaves the held-out set alone; the cap keeps the smallest hashes
     data = build_pretrain_datasets(_cfg(local_uri, val_fraction=0.3, val_max_rows=3, seed=5), tiny_model_config(),
                                    world_size=1)
@@ -122,20 +121,32 @@ def test_validation_split_disjoint_stable_and_capped(ray_local, table, local_uri
     assert sum(data.val_mix.values()) == 3
 
 
-def test_micro_batches_mix_and_bucketing(ray_local, table, local_uri):
+@pytest.fixture(scope="module")
+def det(ray_local, local_uri):
+    """A deterministic-split build for 2 workers, and its train stream materialised once."""
     cfg = _cfg(local_uri, split="deterministic")
-    data = build_pretrain_datasets(cfg, tiny_model_config(), world_size=1)
+    data = build_pretrain_datasets(cfg, tiny_model_config(), world_size=2)
+    return cfg, data, data.train.materialize()
+
+
+def _keys(it) -> list[tuple[int, int]]:
+    return [(int(m["epoch"]), int(m["batch_key"])) for m in it]
+
+
+def test_micro_batches_mix_and_bucketing(ray_local, table, local_uri, det):
+    cfg, data, mat = det
     for e in (0, 1):
         assert sum(data.mix[e].values()) == len(_pure_train(table, cfg, e)) == data.manifest["train_rows_per_epoch"][e]
     flat = mix_metrics(data.mix)
     assert flat["mix/epoch1/total"] == sum(data.mix[1].values())
     assert all(k.split("/")[2][:3] in ("sp_", "tr_", "tot") for k in flat)
-    assert data.manifest["columns_read"] == ["accession", "sequence", "length", "text", "property_offsets"]
-    mbs = list(iter_micro_batches(data.train))
+    assert set(data.manifest["columns_read"]) == {"accession", "sequence", "length", "text", "property_offsets"}
+    mbs = list(iter_micro_batches(mat, rank=0, world_size=1))
     per_epoch = {e: sum(1 for m in mbs if int(m["epoch"]) == e) for e in (0, 1)}
     for e in (0, 1):
         assert 0 < per_epoch[e] <= data.manifest["micro_batches_per_epoch_max"][e]
         assert abs(per_epoch[e] - data.micro_batches_per_epoch[e]) <= 2
+        assert data.steps_per_epoch <= data.micro_batches_per_epoch[e] // 2
     assert [int(m["epoch"]) for m in mbs] == sorted(int(m["epoch"]) for m in mbs)  # epoch-major
     for m in mbs:
         b, lp = m["protein_input_ids"].shape
@@ -151,52 +162,45 @@ def test_micro_batches_mix_and_bucketing(ray_local, table, local_uri):
     fl = list(iter_micro_batches(flat_data.train))
     share_flat = padding_share(sum(int(m["n_real_tokens"]) for m in fl), sum(int(m["n_padded_tokens"]) for m in fl))
     assert share < share_flat
-    assert data.val is not None and sum(1 for _ in iter_micro_batches(data.val)) >= 1
+    assert data.val is not None and data.val_rows >= 8
 
 
-def test_deterministic_split_reproducible_and_resumable(ray_local, local_uri):
-    cfg = _cfg(local_uri, split="deterministic")
-    data = build_pretrain_datasets(cfg, tiny_model_config(), world_size=2)
+def test_deterministic_split_reproducible_and_resumable(ray_local, det):
+    cfg, data, mat = det
     assert data.steps_per_epoch >= 1
     dc = ray_data_config(cfg)
     assert dc._datasets_to_split == [] and dc._get_user_execution_options("train").preserve_order
-    assert ray_data_config(_cfg(local_uri))._datasets_to_split == "all"
-
-    def keys(it) -> list[tuple[int, int]]:
-        return [(int(m["epoch"]), int(m["batch_key"])) for m in it]
-
-    one = keys(iter_micro_batches(data.train, rank=0, world_size=1))
-    r1 = keys(iter_micro_batches(data.train, rank=1, world_size=2))  # a second, independent execution
-    mat = data.train.materialize()
-    r0 = keys(iter_micro_batches(mat, rank=0, world_size=2))
+    assert ray_data_config(DataConfig())._datasets_to_split == "all"
+    one = _keys(iter_micro_batches(mat, rank=0, world_size=1))
+    r1 = _keys(iter_micro_batches(data.train, rank=1, world_size=2))  # a second, independent execution
+    r0 = _keys(iter_micro_batches(mat, rank=0, world_size=2))
     assert len(r0) == len(r1) and r0
     expected = []
     for e in (0, 1):
         ep = [k for k in one if k[0] == e]
         expected += ep[: len(ep) // 2 * 2]
-    assert r0 == expected[0::2] and r1 == expected[1::2]
+    assert r0 == expected[0::2] and r1 == expected[1::2]  # same order on both executions
     full = list(iter_micro_batches(mat, rank=0, world_size=1))
-    assert keys(full) == one  # same order on every execution
     resumed = list(iter_micro_batches(mat, rank=0, world_size=1, skip=3))
-    assert keys(resumed) == one[3:]
+    assert _keys(resumed) == one[3:]
     for a, b in zip(resumed, full[3:], strict=True):
-        assert all(bool((a[k] == b[k]).all()) for k in a)
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
 
 
-def test_s3_source_matches_local(ray_local, table, local_uri, s3_server, s3_bucket):
+def test_s3_source_matches_local(ray_local, table, s3_server, s3_bucket):
     storage = StorageConfig(endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing-secret-value",
                             region="us-east-1")
     uri = f"s3://{s3_bucket}/protanno"
     fs, base = filesystem(uri, storage)
     _write(table, fs, base)
-    cfg = _cfg(uri)
-    got = _rows_by_epoch(sampled_rows(cfg, storage))
-    assert {e: set(v) for e, v in got.items()} == {e: _pure_train(table, cfg, e) for e in (0, 1)}
+    cfg = _cfg(uri, read_parallelism=3)
     data = build_pretrain_datasets(cfg, tiny_model_config(), storage, world_size=1)
-    assert data.manifest["files"][0]["path"].startswith(f"s3://{s3_bucket}/protanno/part-0")
+    for e in (0, 1):  # the metadata pass read every row group from S3
+        assert sum(data.mix[e].values()) == len(_pure_train(table, cfg, e))
+    assert data.manifest["files"][0]["path"] == f"s3://{s3_bucket}/protanno/part-0.parquet"
     assert "testing-secret-value" not in repr(data.manifest)
-    mb = next(iter_micro_batches(data.train))
-    assert mb["protein_input_ids"].shape[0] == 4
+    mb = next(iter_micro_batches(data.train))  # sequences and texts read from S3 and collated
+    assert mb["protein_input_ids"].shape[0] == 4 and int(mb["n_real_tokens"]) > 0
 
 
 def test_bad_parquet_gives_one_clear_error(table, tmp_path):

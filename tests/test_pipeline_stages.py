@@ -127,6 +127,7 @@ def test_read_and_sample_reads_only_needed_columns(table, tmp_path):
     pq.write_table(table, tmp_path / "a.parquet", row_group_size=40)
     inv = inspect_parquet(str(tmp_path))
     assert [f.num_rows for f in inv.fragments] == [40, 40, 23]
+    assert inspect_parquet(str(tmp_path / "a")).files == inv.files  # a key prefix works like a folder
     t = read_fragment(inv.fs, inv.fragments[1], ["accession", "length"])
     assert t.column_names == ["accession", "length"] and t.num_rows == 40
     items = pa.table({"epoch": [3, 3], "path": [inv.fragments[0].path] * 2, "row_group": [0, 2],
@@ -142,6 +143,22 @@ def test_read_and_sample_reads_only_needed_columns(table, tmp_path):
     assert out["accession"].to_pylist() == src.filter(pa.array(m))["accession"].to_pylist()
     with pytest.raises(ProtAnnoFileError, match="footer said"):
         read_fragment(inv.fs, Fragment(inv.fragments[0].path, 0, 41), ["accession"], str(tmp_path))
+
+
+def test_footer_stats_skip_row_groups_nothing_can_be_kept_from(table, tmp_path):
+    rev = table["reviewed"].to_numpy(zero_copy_only=False)
+    k = table["n_properties"].to_numpy()
+    hopeless = table.filter(pa.array(~rev & (k < 3)))  # TrEMBL with fewer than 3 properties: p = 0 (paper rule)
+    swissprot = table.filter(pa.array(rev))
+    pq.write_table(pa.concat_tables([hopeless, swissprot]), tmp_path / "a.parquet", row_group_size=hopeless.num_rows)
+    inv = inspect_parquet(str(tmp_path))
+    first, second = inv.fragments[0], inv.fragments[1]
+    assert first.bounds == (False, 1, 2) and second.bounds[0] is True
+    assert not first.may_keep(SamplingConfig()) and second.may_keep(SamplingConfig())
+    assert first.may_keep(SamplingConfig(mode="none")) and first.may_keep(SamplingConfig(min_k=1))
+    rows = read_fragment(inv.fs, first, ["reviewed", "protein_existence", "n_properties", "accession"])
+    assert not keep_mask(rows["reviewed"].to_numpy(zero_copy_only=False), rows["protein_existence"].to_numpy(),
+                         rows["n_properties"].to_numpy(), rows["accession"], SamplingConfig(), 0).any()
 
 
 def test_bad_files_named(table, tmp_path):

@@ -106,7 +106,7 @@ def test_end_to_end_s3_mlflow_export(env, full_run, tmp_path):
 
     # checkpoints on s3 with their commit markers; the run keeps at most 2 (+ latest)
     fs, base = filesystem(f"{env['storage']}/full", _cfg(env["data"], env["storage"], "x", env["endpoint"]).storage)
-    ckpts = sorted(p for p in fs.ls(base, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_"))
+    ckpts = sorted(p for p in fs.ls(base, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_0"))
     assert ckpts and all(fs.exists(f"{c}/COMMITTED") and fs.exists(f"{c}/.metadata") for c in ckpts)
     assert json.loads(fs.cat(f"{ckpts[-1]}/trainer_state.json"))["step"] == STEPS
 

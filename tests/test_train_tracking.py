@@ -76,6 +76,11 @@ def test_open_run_params_tags_artifacts_metrics(tracking, tmp_path):
     note = tmp_path / "notes.txt"
     note.write_text(f"secret is {ENV_SECRET} / {PLANTED}")
     log.log_artifact(note, "extra")
+    folder = tmp_path / "tower"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"token": "%s"}' % ENV_SECRET)
+    (folder / "sub" / "w.bin").write_bytes(b"\x00\x01")
+    log.log_artifact(folder, "export")
     log.log_dict({"storage": {"secret_access_key": PLANTED}, "k": 1}, "extra/d.json")
     log.set_tags({"stage": "done"})
     log.finish("FINISHED")
@@ -91,6 +96,8 @@ def test_open_run_params_tags_artifacts_metrics(tracking, tmp_path):
         assert PLANTED not in text and ENV_SECRET not in text
     art_root = Path(run.info.artifact_uri.removeprefix("file://"))
     assert (art_root / "config" / "config.yaml").is_file()
+    assert (art_root / "export" / "tower" / "config.json").is_file()
+    assert (art_root / "export" / "tower" / "sub" / "w.bin").read_bytes() == b"\x00\x01"
     text = _all_artifact_text(art_root)
     assert "secret_access_key" in text and PLANTED not in text and ENV_SECRET not in text
     assert ENV_SECRET in note.read_text()  # the local file itself is left untouched

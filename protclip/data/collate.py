@@ -126,6 +126,12 @@ class ProtCLIPCollator:
         state["_protein_tok"] = state["_text_tok"] = None
         return state
 
+    @property
+    def required_columns(self) -> list[str]:
+        """Row fields this collator reads (``features`` only when spans come from positional features)."""
+        cols = ["accession", "sequence", "text", "property_offsets"]
+        return cols + (["features"] if self.loss_cfg.span_source == "features" else [])
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -186,7 +192,9 @@ class ProtCLIPCollator:
             mlm_ids.append(m_ids)
             mlm_lab.append(m_lab)
             if not released:
-                s_ids, s_lab = masking.apply_mask(full, self._span_positions(r, start, n, rng) + 1, ESM_MASK, rng)
+                s_ids, s_lab = masking.apply_mask(
+                    full, self._span_positions(r, start, n, rng) + 1, ESM_MASK, rng
+                )
                 span_ids.append(s_ids)
                 span_lab.append(s_lab)
         input_ids = _pad(ids, ESM_PAD)
@@ -206,7 +214,9 @@ class ProtCLIPCollator:
             out["span_labels"] = _pad(span_lab, masking.IGNORE_INDEX)
         return out
 
-    def _span_positions(self, row: Mapping[str, Any], start: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _span_positions(
+        self, row: Mapping[str, Any], start: int, n: int, rng: np.random.Generator
+    ) -> np.ndarray:
         lc = self.loss_cfg
         feats = row.get("features")
         if lc.span_source == "features" and feats is not None and len(feats) > 0:
@@ -221,13 +231,17 @@ class ProtCLIPCollator:
     def _texts(self, rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         mc, tok = self.model_cfg, self.text_tokenizer
         texts = [str(r["text"]) for r in rows]
-        full = tok(texts, truncation=True, max_length=mc.max_text_length, padding="longest", return_tensors="np")
+        full = tok(
+            texts, truncation=True, max_length=mc.max_text_length, padding="longest", return_tensors="np"
+        )
         subs, present = [], []
         for r in rows:
             s, p = subtexts_of(r)
             subs.extend(s)
             present.append(p)
-        sub = tok(subs, truncation=True, max_length=mc.max_subtext_length, padding="longest", return_tensors="np")
+        sub = tok(
+            subs, truncation=True, max_length=mc.max_subtext_length, padding="longest", return_tensors="np"
+        )
         b, k = len(rows), len(PROPERTIES)
         return {
             "text_input_ids": full["input_ids"].astype(np.int64),

@@ -33,6 +33,18 @@ class Fragment:
     path: str  # as the file system expects it (no scheme for s3)
     row_group: int
     num_rows: int
+    # footer statistics (any reviewed, min PE, max k) when the writer stored them; lets the sampler skip row
+    # groups in which no row can be kept without reading them
+    bounds: tuple[bool, int, int] | None = None
+
+    def may_keep(self, sampling: Any) -> bool:
+        """False only when the footer proves that the sampler keeps no row of this row group."""
+        if self.bounds is None or sampling.mode == "none":
+            return True
+        any_reviewed, pe_min, k_max = self.bounds
+        if any_reviewed and sampling.keep_reviewed:
+            return True
+        return pe_min <= sampling.max_pe and k_max >= sampling.min_k
 
 
 @dataclass
@@ -65,6 +77,8 @@ def list_parquet_files(fs: Any, path: str, uri: str) -> list[str]:
         if fs.isfile(path):
             return [path]
         found = fs.find(path)
+        if not found:  # a key prefix such as s3://bucket/protanno/part- rather than a folder
+            found = [q for p in fs.glob(path.rstrip("/") + "*") for q in (fs.find(p) if fs.isdir(p) else [p])]
     except FileNotFoundError:
         found = []
     except Exception as e:  # botocore / permission errors: name the URI, never a secret
@@ -101,7 +115,24 @@ def _inspect(fs: Any, path: str, uri: str) -> tuple[dict[str, Any] | None, str |
         return None, str(e)
     groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    return {"path": path, "rows": meta.num_rows, "row_groups": groups, "bytes": size}, None
+    bounds = [_bounds(meta, i) for i in range(meta.num_row_groups)]
+    return {"path": path, "rows": meta.num_rows, "row_groups": groups, "bytes": size, "bounds": bounds}, None
+
+
+def _bounds(meta: Any, i: int) -> tuple[bool, int, int] | None:
+    """(any reviewed, min PE, max k) of row group ``i`` from its column statistics, None if not stored."""
+    rg = meta.row_group(i)
+    stats = {}
+    for j in range(rg.num_columns):
+        col = rg.column(j)
+        if col.path_in_schema in ("reviewed", "protein_existence", "n_properties"):
+            st = col.statistics
+            if st is None or not st.has_min_max:
+                return None
+            stats[col.path_in_schema] = st
+    if len(stats) != 3:
+        return None
+    return bool(stats["reviewed"].max), int(stats["protein_existence"].min), int(stats["n_properties"].max)
 
 
 def inspect_parquet(uri: str, storage_cfg: Any = None, *, max_threads: int = 16) -> ParquetInventory:
@@ -122,10 +153,11 @@ def inspect_parquet(uri: str, storage_cfg: Any = None, *, max_threads: int = 16)
     inv = ParquetInventory(uri=uri, fs=fs)
     for info, _ in results:
         assert info is not None
+        bounds = info.pop("bounds")
         inv.files.append(info)
         for g, n in enumerate(info["row_groups"]):
             if n:
-                inv.fragments.append(Fragment(info["path"], g, n))
+                inv.fragments.append(Fragment(info["path"], g, n, bounds[g]))
     return inv
 
 
@@ -133,7 +165,8 @@ def read_fragment(fs: Any, fragment: Fragment, columns: list[str], uri: str = ""
     """Only ``columns`` of one row group; errors name the file and row group."""
     try:
         with open_input(fs, fragment.path) as f:
-            table = pq.ParquetFile(f).read_row_group(fragment.row_group, columns=columns)
+            # pre_buffer: the needed column chunks are fetched in a few coalesced, concurrent range reads
+            table = pq.ParquetFile(f, pre_buffer=True).read_row_group(fragment.row_group, columns=columns)
     except Exception as e:
         raise ProtAnnoFileError(
             f"{display_path(uri, fragment.path)}: cannot read row group {fragment.row_group} "

@@ -17,7 +17,9 @@ at the source, keeps streaming, and the footers were read anyway for validation.
 Splitting over training workers (see :func:`ray_data_config`): ``streaming`` = Ray Train's
 ``streaming_split(equal=True)``; ``deterministic`` = every rank reads the whole (order-preserving) stream and
 :func:`iter_micro_batches` keeps micro-batch ``i`` when ``i % world_size == rank``, within an epoch, dropping an
-incomplete last group, so every rank gets the same count and no rank can starve the collectives.
+incomplete last group, so every rank gets the same count and no rank can starve the collectives. In streaming
+mode read tasks finish out of order, so micro-batches of two consecutive epochs can interleave near the boundary;
+every micro-batch carries its ``epoch``. Deterministic mode is epoch-major (order preserved).
 
 Resources (2-core machines): start Ray with spare logical CPUs (``init_ray(num_cpus=4)`` for 2 workers at 1 CPU)
 or give workers fractional CPUs; every task here asks for ``data.map_num_cpus`` (docs/stack.md §5, pitfall 1).
@@ -39,6 +41,7 @@ import numpy as np
 from protclip.data.config import DataConfig
 from protclip.data.mix import compute_mix, mix_metrics, sample_mix
 from protclip.data.parquet_files import ParquetInventory, inspect_parquet
+from protclip.data.sampling import SamplingConfig
 from protclip.data.schema import SCHEMA_VERSION
 from protclip.data.stages import DETERMINISTIC_FLAG, SplitRule, collate_windows, derive_seed, read_and_sample
 from protclip.storage import StorageConfig, redact
@@ -64,7 +67,7 @@ class PretrainData:
     """
 
     train: Any  # ray.data.Dataset
-    val: Any | None  # ray.data.Dataset, None when val_fraction == 0 or no row is held out
+    val: Any | None  # ray.data.Dataset; None when fewer validation rows than one micro-batch per worker
     steps_per_epoch: int
     mix: dict[int, dict[tuple[bool, int, int], int]]
     manifest: dict[str, Any]
@@ -128,7 +131,7 @@ def required_columns(collator: Any) -> list[str]:
 
 
 def _items(inv: ParquetInventory, epochs: list[int], seed: int, read_parallelism: int | None,
-           shuffle: bool = True) -> tuple[list[dict[str, Any]], int]:
+           sampling: SamplingConfig, shuffle: bool = True) -> tuple[list[dict[str, Any]], int]:
     """(epoch, path, row_group, num_rows) per row group, epoch-major, each epoch in a seeded random order.
 
     Returns the items and the number of read tasks (blocks) they are cut into, so each task reads consecutive
@@ -136,7 +139,7 @@ def _items(inv: ParquetInventory, epochs: list[int], seed: int, read_parallelism
     """
     items: list[dict[str, Any]] = []
     n_tasks = 0
-    frags = inv.fragments
+    frags = [f for f in inv.fragments if f.may_keep(sampling)]  # footer stats prove nothing else can be kept
     per_task = 1 if not read_parallelism else max(1, math.ceil(len(frags) / read_parallelism))
     for e in epochs:
         order = np.random.default_rng(derive_seed(seed, e, "row-groups")).permutation(len(frags)) if shuffle \
@@ -168,7 +171,7 @@ def sampled_rows(
     epochs = list(range(data_cfg.num_epochs)) if epochs is None else list(epochs)
     out_columns = list(columns or ["accession", "reviewed", "protein_existence", "n_properties", "length"])
     read_columns = list(dict.fromkeys(["accession", "reviewed", "protein_existence", "n_properties"] + out_columns))
-    items, n_tasks = _items(inv, epochs, data_cfg.seed, data_cfg.read_parallelism, shuffle)
+    items, n_tasks = _items(inv, epochs, data_cfg.seed, data_cfg.read_parallelism, data_cfg.sampling, shuffle)
     if not items:
         raise ValueError(f"{redact(data_cfg.uri)}: no rows to read")
     rule = SplitRule(split, data_cfg.val_fraction, data_cfg.val_seed, val_threshold)  # type: ignore[arg-type]
@@ -249,6 +252,7 @@ def build_pretrain_datasets(
         "files": [{**f, "path": inv.display(f["path"])} for f in inv.files],
         "n_files": len(inv.files),
         "n_row_groups": len(inv.fragments),
+        "row_groups_skipped_by_footer_stats": sum(not f.may_keep(data_cfg.sampling) for f in inv.fragments),
         "pool_rows": inv.num_rows,
         "columns_read": columns,
         "epochs": epochs,
@@ -292,9 +296,9 @@ def _train_rank_world() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _squeeze(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _squeeze(batch: Mapping[str, Any]) -> dict[str, Any]:
     """A 1-row numpy batch -> the micro-batch's arrays (variable-shaped columns come as object arrays)."""
-    return {k: (v[0] if isinstance(v, np.ndarray) else v[0]) for k, v in batch.items()}
+    return {k: v[0] for k, v in batch.items()}
 
 
 def iter_micro_batches(
@@ -355,7 +359,7 @@ def iter_micro_batches(
             a = np.asarray(v)
             if a.dtype.kind in "iu":
                 a = a.astype(np.int64, copy=False)
-            t = torch.from_numpy(np.ascontiguousarray(a))
+            t = torch.from_numpy(np.ascontiguousarray(a) if a.ndim else a)  # scalars (epoch, counts) stay 0-d
             out[k] = t.to(device, non_blocking=True) if device is not None else t
         yield out
 

@@ -33,7 +33,9 @@ _MIX2 = 0x94D049BB133111EB
 class SamplingConfig:
     """Knobs of the property-driven sampler (defaults = the paper / released code)."""
 
-    mode: str = "once"  # "none" (keep all), "once" (one fixed subset, the paper), "per_epoch" (fresh draw per epoch)
+    mode: str = (
+        "once"  # "none" (keep all), "once" (one fixed subset, the paper), "per_epoch" (fresh draw per epoch)
+    )
     seed: int = 0  # hash seed; change it to draw a different subset
     coverage_exponent: float = 0.5  # a in (k/4)^a
     confidence_exponent: float = 3.0  # b in 1/PE^b
@@ -93,8 +95,11 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
 
 def _as_bytes_array(accessions: Any) -> np.ndarray:
     if hasattr(accessions, "to_numpy"):  # pyarrow / pandas
-        accessions = accessions.to_numpy(zero_copy_only=False) if "pyarrow" in type(accessions).__module__ \
+        accessions = (
+            accessions.to_numpy(zero_copy_only=False)
+            if "pyarrow" in type(accessions).__module__
             else accessions.to_numpy()
+        )
     a = np.asarray(accessions)
     if a.dtype.kind == "S":
         return a

@@ -88,7 +88,11 @@ def build_text(
         raise ValueError("protein name is empty; every ProtAnno row needs one")
     text = NAME_HEADER + name + "."
     offsets: list[dict[str, Any]] = [{"property": "protein_name", "start": 0, "end": len(text)}]
-    for prop, value in (("function", function), ("subcellular_location", location), ("similarity", similarity)):
+    for prop, value in (
+        ("function", function),
+        ("subcellular_location", location),
+        ("similarity", similarity),
+    ):
         if not value:
             continue
         if not value.startswith(CC_HEADERS[prop]):
@@ -147,7 +151,9 @@ def record_to_row(record: UniProtRecord) -> dict[str, Any]:
         "go_terms": list(record.go_terms),
         "ec_numbers": list(record.ec_numbers),
         "keywords": list(record.keywords),
-        "features": [{"type": f.type, "start": f.start, "end": f.end, "note": f.note} for f in record.features],
+        "features": [
+            {"type": f.type, "start": f.start, "end": f.end, "note": f.note} for f in record.features
+        ],
         "source_file": record.source_file,
         "source_offset": record.source_offset,
     }

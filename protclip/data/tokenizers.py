@@ -87,9 +87,11 @@ def load_text_tokenizer(source: str):
     """
     from transformers import BertTokenizer
 
-    if Path(source).is_dir() and not (Path(source) / "vocab.txt").is_file() and not (
-        Path(source) / "tokenizer.json"
-    ).is_file():
+    if (
+        Path(source).is_dir()
+        and not (Path(source) / "vocab.txt").is_file()
+        and not (Path(source) / "tokenizer.json").is_file()
+    ):
         raise FileNotFoundError(f"text tokenizer dir {source} has neither vocab.txt nor tokenizer.json")
     tok = BertTokenizer.from_pretrained(source)
     if tok.cls_token_id is None or tok.sep_token_id is None or tok.pad_token_id is None:

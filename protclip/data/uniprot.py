@@ -1,9 +1,14 @@
 """Streaming parser for UniProtKB flat files (``.dat`` / ``.dat.gz``, Swiss-Prot and TrEMBL).
 
 Design: :mod:`protclip.data.uniprot_split` cuts the byte stream into raw records (with byte offsets and line
-numbers); :func:`parse_raw` turns one raw record into a :class:`UniProtRecord` or a :class:`MalformedRecord`.
-Nothing raises out of the iterators for bad input and nothing is dropped: every raw record yields exactly one
-result, so ``good + bad == total``.
+numbers); :func:`parse_raw` turns a raw record into :class:`UniProtRecord` / :class:`MalformedRecord` results
+(one, or several when damage glued entries together). Nothing raises out of the iterators for bad input and
+nothing is dropped silently, so ``good + bad == total`` for every file.
+
+Entry points: :func:`iter_records` (stream -> results), :func:`parse_file` (small files), :func:`iter_chunk`
+(a record-aligned byte range of a plain ``.dat``, planned with :func:`find_record_boundaries` /
+:func:`chunk_ranges`), and for ``.dat.gz`` (not seekable) :func:`iter_record_batches` on one reader +
+:func:`parse_raw_batch` on workers. Offsets in ``.gz`` files are offsets in the uncompressed stream.
 
 Speed (see ``benchmarks/parse_benchmark.py``): records are cut with one fast search per record, entries are
 walked block by block rather than line by line (:mod:`protclip.data.uniprot_entry`), the feature table is
@@ -19,6 +24,9 @@ Policies:
   lines are accepted and ignored); sequence length equals the SQ and ID lengths; CRC64 equals the SQ line's
   (``verify_crc=False`` skips the CRC only).
 * ``PE`` is required (schema and sampling depend on it); pre-2007 entries without PE are reported as malformed.
+* Line numbers are 1-based and exact for whole-file parsing; a chunk parsed on its own knows them only if the
+  caller passes ``start_line`` (see :func:`line_numbers_at`), else they are None.
+* Text encoding: ASCII expected; UTF-8 accepted; undecodable bytes make the record malformed. CRLF is accepted.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from protclip.data.uniprot_crc import crc64
+from protclip.data.uniprot_crc import crc64, crc64_many
 from protclip.data.uniprot_entry import VALID_RESIDUES, EntryError, parse_entry
 from protclip.data.uniprot_records import (
     Feature,
@@ -73,6 +81,7 @@ __all__ = [
     "split_raw",
 ]
 
+
 def _first_accession(text: str) -> str | None:
     """Best-effort primary accession of a (possibly broken) record, for error reports."""
     if text.startswith("AC   "):
@@ -98,13 +107,27 @@ def _parse_one(raw: RawRecord, source: str, verify_crc: bool) -> ParseResult:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             text = data.decode("latin-1")
-            return MalformedRecord(source, raw.offset, raw.line, _first_accession(text),
-                                   f"undecodable (non UTF-8) byte at record byte {e.start}")
+            return MalformedRecord(
+                source,
+                raw.offset,
+                raw.line,
+                _first_accession(text),
+                f"undecodable (non UTF-8) byte at record byte {e.start}",
+            )
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not raw.terminated:
-        return MalformedRecord(source, raw.offset, raw.line, _first_accession(text),
-                               "truncated record: no '//' terminator")
+        if not text.startswith("ID   "):
+            return MalformedRecord(
+                source,
+                raw.offset,
+                raw.line,
+                _first_accession(text),
+                f"stray text outside any entry (no ID line): {text[:30]!r}",
+            )
+        return MalformedRecord(
+            source, raw.offset, raw.line, _first_accession(text), "truncated record: no '//' terminator"
+        )
     if not text.endswith("\n"):
         text += "\n"
     if text.startswith("//"):
@@ -114,8 +137,13 @@ def _parse_one(raw: RawRecord, source: str, verify_crc: bool) -> ParseResult:
     except EntryError as e:
         return MalformedRecord(source, raw.offset, raw.line, _first_accession(text), str(e))
     except (ValueError, IndexError) as e:  # defensive: any other parse failure is reported, not raised
-        return MalformedRecord(source, raw.offset, raw.line, _first_accession(text),
-                               f"unparseable record ({type(e).__name__}: {e})")
+        return MalformedRecord(
+            source,
+            raw.offset,
+            raw.line,
+            _first_accession(text),
+            f"unparseable record ({type(e).__name__}: {e})",
+        )
 
 
 def parse_raw(raw: RawRecord, source: str, verify_crc: bool = True) -> list[ParseResult]:
@@ -126,11 +154,40 @@ def parse_raw(raw: RawRecord, source: str, verify_crc: bool = True) -> list[Pars
     careful splitter and each piece is parsed, so the good entries around the damage are kept.
     """
     res = _parse_one(raw, source, verify_crc)
-    if isinstance(res, MalformedRecord) and raw.data.find(b"\nID   ") >= 0:
+    if isinstance(res, MalformedRecord):  # rare: maybe several entries glued together by damage
         pieces = split_raw(raw)
         if len(pieces) > 1:
             return [_parse_one(p, source, verify_crc) for p in pieces]
     return [res]
+
+
+_GROUP = 64  # raw records parsed together so their CRC64s are checked in one vectorised call
+
+
+def _verify_crcs(results: list[ParseResult]) -> None:
+    """Replace records whose sequence does not match the SQ line's CRC64 by MalformedRecords (in place)."""
+    idx = [i for i, r in enumerate(results) if isinstance(r, UniProtRecord) and r.crc64 is not None]
+    recs = [results[i] for i in idx]
+    got = crc64_many([r.sequence.encode("ascii") for r in recs])  # type: ignore[union-attr]
+    for i, rec, c in zip(idx, recs, got, strict=True):
+        if isinstance(rec, UniProtRecord) and f"{c:016X}" != rec.crc64:
+            results[i] = MalformedRecord(
+                rec.source_file,
+                rec.source_offset,
+                rec.source_line,
+                rec.accession,
+                f"CRC64 mismatch: SQ line says {rec.crc64}, sequence gives {c:016X}",
+            )
+
+
+def parse_raw_batch(raws: Iterable[RawRecord], source: str, verify_crc: bool = True) -> list[ParseResult]:
+    """Parse a batch of raw records (what a Ray Data worker runs on a batch cut by iter_record_batches)."""
+    out: list[ParseResult] = []
+    for r in raws:
+        out.extend(parse_raw(r, source, verify_crc=False))
+    if verify_crc:
+        _verify_crcs(out)
+    return out
 
 
 def iter_records(
@@ -142,24 +199,36 @@ def iter_records(
     verify_crc: bool = True,
 ) -> Iterator[ParseResult]:
     """Parse a binary stream (already decompressed) entry by entry; good + malformed results cover everything."""
-    for raw in iter_raw_records(stream, start_offset=start_offset, start_line=start_line, max_bytes=max_bytes):
-        yield from parse_raw(raw, source_name, verify_crc)
+    group: list[RawRecord] = []
+    for raw in iter_raw_records(
+        stream, start_offset=start_offset, start_line=start_line, max_bytes=max_bytes
+    ):
+        group.append(raw)
+        if len(group) == _GROUP:
+            yield from parse_raw_batch(group, source_name, verify_crc)
+            group = []
+    if group:
+        yield from parse_raw_batch(group, source_name, verify_crc)
 
 
-def parse_raw_batch(raws: Iterable[RawRecord], source: str, verify_crc: bool = True) -> list[ParseResult]:
-    """Parse a batch cut by :func:`iter_record_batches` (what a Ray Data worker runs)."""
-    out: list[ParseResult] = []
-    for r in raws:
-        out.extend(parse_raw(r, source, verify_crc))
-    return out
-
-
-def iter_chunk(path: str | os.PathLike[str], start: int, end: int, source_name: str | None = None,
-               start_line: int | None = None, verify_crc: bool = True) -> Iterator[ParseResult]:
+def iter_chunk(
+    path: str | os.PathLike[str],
+    start: int,
+    end: int,
+    source_name: str | None = None,
+    start_line: int | None = None,
+    verify_crc: bool = True,
+) -> Iterator[ParseResult]:
     """Parse the record-aligned byte range ``[start, end)`` of a plain ``.dat``."""
     src = source_name if source_name is not None else os.fspath(path)
+    group: list[RawRecord] = []
     for raw in iter_chunk_raw(path, start, end, start_line=start_line):
-        yield from parse_raw(raw, src, verify_crc)
+        group.append(raw)
+        if len(group) == _GROUP:
+            yield from parse_raw_batch(group, src, verify_crc)
+            group = []
+    if group:
+        yield from parse_raw_batch(group, src, verify_crc)
 
 
 @dataclass
@@ -174,7 +243,9 @@ class ParseReport:
         return len(self.records) + len(self.errors)
 
 
-def parse_file(path: str | os.PathLike[str], source_name: str | None = None, verify_crc: bool = True) -> ParseReport:
+def parse_file(
+    path: str | os.PathLike[str], source_name: str | None = None, verify_crc: bool = True
+) -> ParseReport:
     """Parse a whole local ``.dat`` or ``.dat.gz`` into memory (small files, tests, tools)."""
     src = source_name if source_name is not None else os.fspath(path)
     report = ParseReport()

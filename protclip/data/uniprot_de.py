@@ -132,8 +132,12 @@ def parse_de(lines: list[str]) -> tuple[str, list[str], bool]:
                 else:
                     cur_section.subs.append(cur_name)
             elif head == "AltName" and key in ("Allergen", "Biotech", "CD_antigen", "INN"):
-                {"Allergen": cur_section.allergen, "Biotech": cur_section.biotech,
-                 "CD_antigen": cur_section.cd, "INN": cur_section.inn}[key].append(val)
+                {
+                    "Allergen": cur_section.allergen,
+                    "Biotech": cur_section.biotech,
+                    "CD_antigen": cur_section.cd,
+                    "INN": cur_section.inn,
+                }[key].append(val)
                 cur_name = None
             else:
                 raise DEFormatError(f"unexpected DE {head} key {key!r}: {text!r}")

@@ -15,18 +15,37 @@ import re
 from protclip.data.uniprot_crc import crc64
 from protclip.data.uniprot_de import DEFormatError, parse_de
 from protclip.data.uniprot_ft import FeatureFormatError, _unwrap_tabs, join_wrapped, parse_features
-
-_WS_TAB = re.compile(r" *\t *")
 from protclip.data.uniprot_records import UniProtRecord
 
 VALID_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY" + "UOBZX")
 _STATUS = {"Reviewed;": True, "Unreviewed;": False, "STANDARD;": True, "PRELIMINARY;": False}
-_CC_KEEP = ("FUNCTION:", "SUBCELLULAR LOCATION:", "SIMILARITY:")
 _CC_TOPIC = "\nCC   -!- "
+_CC_KEPT = re.compile(r"\nCC   -!- (FUNCTION|SUBCELLULAR LOCATION|SIMILARITY):")
+_CC_INDEX = {"FUNCTION": 0, "SUBCELLULAR LOCATION": 1, "SIMILARITY": 2}
+_ECO_TAG = re.compile(r"\s*\{[^}]*\}")
+_WS_TAB = re.compile(r" *\t *")
 _CC_CONT = "\nCC       "
 _GO = "\nDR   GO; "
 _REF_CODES = frozenset({"RN", "RP", "RC", "RX", "RG", "RA", "RT", "RL"})
-_CODES = ("ID", "AC", "DT", "DE", "GN", "OS", "OG", "OC", "OX", "OH", "CC", "DR", "PE", "KW", "FT", "SQ", "**")
+_CODES = (
+    "ID",
+    "AC",
+    "DT",
+    "DE",
+    "GN",
+    "OS",
+    "OG",
+    "OC",
+    "OX",
+    "OH",
+    "CC",
+    "DR",
+    "PE",
+    "KW",
+    "FT",
+    "SQ",
+    "**",
+)
 # block end = first line that does not carry the block's code (one regex search per block)
 _BLOCK_END = {c: re.compile(r"\n(?!" + re.escape(c) + "   )") for c in _CODES}
 _REF_END = re.compile(r"\n(?!R[NPCXGATL]   )")
@@ -47,8 +66,8 @@ class _Head:
         self.acs: list[str] = []
         self.de: list[str] = []
         self.os: list[str] = []
-        self.kw: list[str] = []
-        self.cc: list[str] = []  # CC blocks (each: lines joined by newlines)
+        self.kw: list[str] = []  # KW blocks, line prefixes removed
+        self.cc: list[tuple[int, int]] = []  # CC blocks as (newline before the block, block end) in the text
         self.ft: list[str] = []  # FT blocks
         self.go: list[str] = []
         self.ox: str | None = None
@@ -74,6 +93,10 @@ def _scan(text: str, end: int, line: int | None) -> _Head:
         code = text[s : s + 2]
         pat = _BLOCK_END.get(code)
         if pat is None:
+            if code == "  ":
+                raise EntryError(
+                    f"missing SQ line (sequence data{_where(text, pos, line)} without an SQ line)"
+                )
             raise EntryError(f"unknown line code {code!r}{_where(text, pos, line)}: {text[s : s + 40]!r}")
         m = pat.search(text, s, end)
         e = m.start() if m is not None else end
@@ -87,7 +110,7 @@ def _scan(text: str, end: int, line: int | None) -> _Head:
         elif code == "FT":
             h.ft.append(text[s:e])
         elif code == "CC":
-            h.cc.append(text[s:e])
+            h.cc.append((pos, e))
         elif code == "AC":
             for ln in text[s:e].split("\n"):
                 h.acs.extend(a for a in ln[5:].replace(" ", "").split(";") if a)
@@ -99,7 +122,7 @@ def _scan(text: str, end: int, line: int | None) -> _Head:
             nl = text.find("\n", s, e)
             h.ox = text[s + 5 : nl if nl >= 0 else e]
         elif code == "KW":
-            h.kw.extend(ln[5:].strip() for ln in text[s:e].split("\n"))
+            h.kw.append(text[s + 5 : e].replace("\nKW   ", " "))
         elif code == "PE":
             pe = text[s + 5 : s + 6]
             if not ("1" <= pe <= "5") or text[s + 6 : s + 7] != ":":
@@ -114,50 +137,41 @@ def _scan(text: str, end: int, line: int | None) -> _Head:
     return h
 
 
-def _cc_text(blocks: list[str]) -> tuple[str | None, str | None, str | None]:
+def _cc_text(text: str, blocks: list[tuple[int, int]]) -> tuple[str | None, str | None, str | None]:
     """CC blocks -> (function, subcellular location, similarity), rendered as the TSV columns.
 
     Several comments of one topic are joined by ``"; "`` (as in UniProt's TSV and the released ProtAnno text);
-    other topics and the copyright block are skipped. Works on the block text: continuation prefixes become
-    tabs in one ``replace``, then lines are unwrapped with the hyphen rule of :func:`join_wrapped`.
+    other topics and the copyright block are skipped. A regex finds just the three topics; continuation
+    prefixes become tabs in one ``replace`` and are unwrapped with the hyphen rule of :func:`join_wrapped`.
     """
     out: tuple[list[str], list[str], list[str]] = ([], [], [])
-    for block in blocks:
-        s = "\n" + block
-        k = s.find(_CC_TOPIC)
-        while k >= 0:
-            b = k + 10
-            nxt = s.find(_CC_TOPIC, b)
-            for idx, key in enumerate(_CC_KEEP):
-                if s.startswith(key, b):
-                    t = (s[b:nxt] if nxt >= 0 else s[b:]).replace(_CC_CONT, "\t")
-                    cut = t.find("\n")  # a non-continuation line (the copyright block) ends the topic
-                    if cut >= 0:
-                        t = t[:cut]
-                    if "\t " in t or " \t" in t:
-                        t = _WS_TAB.sub("\t", t)
-                    out[idx].append(_unwrap_tabs(t.strip()))
-                    break
-            k = nxt
+    for pos, e in blocks:
+        for m in _CC_KEPT.finditer(text, pos, e):
+            b = m.start() + 10
+            nxt = text.find(_CC_TOPIC, m.end(), e)
+            t = text[b : nxt if nxt >= 0 else e].replace(_CC_CONT, "\t")
+            cut = t.find("\n")  # a non-continuation line (the copyright block) ends the topic
+            if cut >= 0:
+                t = t[:cut]
+            if "\t " in t or " \t" in t:
+                t = _WS_TAB.sub("\t", t)
+            out[_CC_INDEX[m.group(1)]].append(_unwrap_tabs(t.strip()))
     f, loc, sim = ("; ".join(x) or None for x in out)
     return f, loc, sim
 
 
-def _keywords(kw: list[str]) -> list[str]:
-    s = " ".join(kw)
+def _keywords(blocks: list[str]) -> list[str]:
+    s = " ".join(blocks).strip()
     if s.endswith("."):
         s = s[:-1]
-    out = []
-    for k in s.split(";"):
-        k = k.strip()
-        if k.endswith("}"):  # "Membrane {ECO:...}" (the TSV has no evidence on keywords)
-            k = k[: k.rfind("{")].strip()
-        if k:
-            out.append(k)
-    return out
+    if "{" in s:  # "Membrane {ECO:...}": the TSV has no evidence on keywords
+        s = _ECO_TAG.sub("", s)
+    return [k for k in (x.strip() for x in s.split(";")) if k]
 
 
-def parse_entry(text: str, source: str, offset: int, line: int | None, verify_crc: bool = True) -> UniProtRecord:
+def parse_entry(
+    text: str, source: str, offset: int, line: int | None, verify_crc: bool = True
+) -> UniProtRecord:
     """Text of one terminated entry (``ID`` ... ``//`` + newline) -> record; raises EntryError."""
     if not text.startswith("ID   "):
         raise EntryError(f"missing ID line (record starts with {text[:20]!r})")
@@ -192,7 +206,7 @@ def parse_entry(text: str, source: str, offset: int, line: int | None, verify_cr
         organism = join_wrapped(h.os)
         if organism.endswith("."):
             organism = organism[:-1]
-    function, location, similarity = _cc_text(h.cc) if h.cc else (None, None, None)
+    function, location, similarity = _cc_text(text, h.cc) if h.cc else (None, None, None)
     try:
         features = parse_features("\n".join(h.ft)) if h.ft else []
     except FeatureFormatError as e:

@@ -105,10 +105,14 @@ def _old_note(parts: list[str], ftype: str) -> tuple[str | None, str | None]:
 
 
 def _merge_odd_continuations(chunks: list[str]) -> list[str]:
-    merged = [chunks[0]]
-    for ch in chunks[1:]:
+    """Attach continuation lines with unusual indentation to their feature; reject stray non-FT lines."""
+    merged: list[str] = []
+    for ch in chunks:
+        if "\n" in ch:
+            bad = ch[ch.find("\n") + 1 :][:40]
+            raise FeatureFormatError(f"not a feature line: {bad!r}")
         if ch[:1] == " ":
-            if len(merged) == 1:
+            if not merged:
                 raise FeatureFormatError(f"FT continuation line before any feature: {ch.strip()[:40]!r}")
             merged[-1] += "\t" + ch.strip()
         else:
@@ -119,74 +123,90 @@ def _merge_odd_continuations(chunks: list[str]) -> list[str]:
 def parse_features(block: str) -> list[Feature]:
     """The FT lines of one entry as one string (lines separated by newlines) -> features in file order.
 
-    Precondition (checked by both scanners in :mod:`protclip.data.uniprot_entry`): every line starts with
-    ``"FT   "``.
+    Precondition (checked by the block scanner in :mod:`protclip.data.uniprot_entry`): every line starts with
+    ``"FT   "``. One entry uses one syntax, decided from its first feature line.
     """
-    s = "\n" + block.rstrip("\n")
-    first = s[: s.find("\n", 1)] if "\n" in s[1:] else s
-    if len(first.split(None, 4)) >= 4:  # pre-2019 syntax: FT KEY from to ...
-        s = s.replace(_OLD_CONT, "\t")
-    s = s.replace(_NEW_CONT, "\t")
-    chunks = s.split("\nFT   ")
-    if "\nFT    " in s:  # continuation lines with unusual indentation: attach to the previous feature
-        chunks = _merge_odd_continuations(chunks)
+    nl = block.find("\n")
+    old = len((block if nl < 0 else block[:nl]).split(None, 4)) >= 4  # FT KEY from to [...]
+    s = block.replace(_OLD_CONT, "\t") if old else block
+    chunks = s.replace(_NEW_CONT, "\t").split("\nFT   ")
+    chunks[0] = chunks[0][5:]
+    for ch in chunks:
+        if ch[:1] == " " or "\n" in ch:  # odd indentation or a stray line: take the careful route
+            chunks = _merge_odd_continuations(chunks)
+            break
+    return _old_features(chunks) if old else _new_features(chunks)
+
+
+def _new_features(chunks: list[str]) -> list[Feature]:
     out: list[Feature] = []
     append = out.append
-    for ch in chunks[1:]:
-        t = ch.find("\t")
-        head, rest = (ch, "") if t < 0 else (ch[:t], ch[t + 1 :])
-        toks = head.split(None, 3)
-        n = len(toks)
-        if n == 2:  # current syntax (inlined: this loop runs for every feature of every entry)
-            key, loc = toks
+    new = tuple.__new__  # Feature is a NamedTuple: build it without a Python-level __new__ call
+    for ch in chunks:
+        head, _, rest = ch.partition("\t")
+        try:
+            key, loc = head.split()
+        except ValueError:
+            raise FeatureFormatError(f"bad feature line {head.strip()[:40]!r}") from None
+        if loc.isdigit():
+            start = end = int(loc)
+            sf = ef = ""
             iso = None
-            if loc.isdigit():
-                start = end = int(loc)
-                sf = ef = ""
-            else:
-                if ":" in loc:
-                    iso, _, loc = loc.rpartition(":")
-                a, sep, b = loc.partition("..")
-                if a.isdigit():
-                    start, sf = int(a), ""
-                else:
-                    start, sf = _pos(a)
-                if not sep:
-                    end, ef = start, sf
-                elif b.isdigit():
-                    end, ef = int(b), ""
-                else:
-                    end, ef = _pos(b)
-            note = None
-            if rest:
-                if rest[0] != "/":
-                    raise FeatureFormatError(f"{key} {loc}: text outside a qualifier: {rest[:40]!r}")
-                k = rest.find('/note="')
-                if k >= 0:
-                    e = rest.find('"\t/', k)
-                    note = rest[k + 7 : e] if e >= 0 else rest[k + 7 : -1]
-                    if "\t" in note:
-                        note = _unwrap_tabs(note)
-                        if key in _SEQ_NOTE_TYPES:
-                            note = _fix_seq_note(note)
-                elif "/ligand=" in rest:
-                    note = _unwrap_tabs(_qualifier(rest, '/ligand="') or "")
-            append(Feature(key, start, end, note, sf, ef, iso, rest))
-        elif n >= 3:
-            start, sf = _pos(toks[1])
-            end, ef = _pos(toks[2])
-            parts = [toks[3].strip()] if n == 4 else []
-            fid = None
-            if rest:
-                for p in rest.split("\t"):
-                    p = p.strip()
-                    if p.startswith("/FTId="):
-                        fid = p[6:].rstrip(".")
-                    elif p:
-                        parts.append(p)
-            note, evidence = _old_note(parts, toks[0]) if parts else (None, None)
-            quals = "\t".join(f'/{q}="{v}"' for q, v in (("evidence", evidence), ("id", fid)) if v)
-            append(Feature(toks[0], start, end, note, sf, ef, None, quals))
         else:
-            raise FeatureFormatError(f"feature line without a location: {head.strip()[:40]!r}")
+            iso = None
+            if ":" in loc:
+                iso, _, loc = loc.rpartition(":")
+            a, sep, b = loc.partition("..")
+            if a.isdigit():
+                start, sf = int(a), ""
+            else:
+                start, sf = _pos(a)
+            if not sep:
+                end, ef = start, sf
+            elif b.isdigit():
+                end, ef = int(b), ""
+            else:
+                end, ef = _pos(b)
+        if rest:
+            if rest[0] != "/":
+                raise FeatureFormatError(f"{key} {loc}: text outside a qualifier: {rest[:40]!r}")
+            k = rest.find('/note="')
+            if k >= 0:
+                e = rest.find('"\t/', k)
+                note = rest[k + 7 : e] if e >= 0 else rest[k + 7 : -1]
+                if "\t" in note:
+                    note = _unwrap_tabs(note)
+                    if key in _SEQ_NOTE_TYPES:
+                        note = _fix_seq_note(note)
+            elif '/ligand="' in rest:
+                note = _unwrap_tabs(_qualifier(rest, '/ligand="') or "")
+            else:
+                note = None
+            append(new(Feature, (key, start, end, note, sf, ef, iso, rest)))
+        else:
+            append(new(Feature, (key, start, end, None, sf, ef, iso, "")))
+    return out
+
+
+def _old_features(chunks: list[str]) -> list[Feature]:
+    out: list[Feature] = []
+    for ch in chunks:
+        head, _, rest = ch.partition("\t")
+        toks = head.split(None, 3)
+        if len(toks) < 3:
+            raise FeatureFormatError(f"feature line without from/to: {head.strip()[:40]!r}")
+        start, sf = _pos(toks[1])
+        end, ef = _pos(toks[2])
+        parts = [toks[3].strip()] if len(toks) == 4 else []
+        fid = None
+        if rest:
+            for p in rest.split("\t"):
+                p = p.strip()
+                if p.startswith("/FTId="):
+                    fid = p[6:].rstrip(".")
+                elif p:
+                    parts.append(p)
+        note, evidence = _old_note(parts, toks[0]) if parts else (None, None)
+        quals = "\t".join(f'/{q}="{v}"' for q, v in (("evidence", evidence), ("id", fid)) if v)
+        out.append(Feature(toks[0], start, end, note, sf, ef, None, quals))
     return out

@@ -8,6 +8,7 @@ bad input into a :class:`MalformedRecord` instead of raising.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 def _qualifier(quals: str, tag: str) -> str | None:
@@ -26,8 +27,7 @@ def _qualifier(quals: str, tag: str) -> str | None:
     return quals[k:e]
 
 
-@dataclass(slots=True)
-class Feature:
+class Feature(NamedTuple):
     """One positional feature (FT line group), 1-based inclusive positions.
 
     Position policy:
@@ -43,7 +43,8 @@ class Feature:
     full stop removed); a BINDING feature with ``/ligand`` but no ``/note`` gets the ligand name as note, since
     the pre-2022 syntax carried the ligand in the note. The other qualifiers stay in ``qualifiers`` (raw text,
     see :func:`_qualifier`) and are decoded on access (``evidence``, ``ft_id``, :meth:`qualifier`): the ProtAnno
-    row only needs the note, and decoding every qualifier of every feature up front was a third of parse time.
+    row only needs the note. A NamedTuple so the parser can build it with ``tuple.__new__`` (no Python-level
+    ``__init__`` per feature; features are the bulk of a Swiss-Prot entry).
     """
 
     type: str
@@ -114,8 +115,11 @@ class UniProtRecord:
     @property
     def n_properties(self) -> int:
         """Property coverage k: the name always counts (ProtCLIP `sampling.py`)."""
-        return 1 + (self.function is not None) + (self.subcellular_location is not None) + (
-            self.similarity is not None
+        return (
+            1
+            + (self.function is not None)
+            + (self.subcellular_location is not None)
+            + (self.similarity is not None)
         )
 
 

@@ -4,9 +4,11 @@ Splitting is separate from parsing so a distributed build can cut on one node (o
 plain ``.dat``) and parse elsewhere. Everything works on bytes: offsets are exact byte offsets in the
 (uncompressed) stream and no decoding happens here.
 
-Record boundaries: a record ends with its ``//`` line. A record that lacks its ``//`` but is followed by
-the next ``ID   `` line is cut at that ``ID`` line and marked ``terminated=False`` (the parser reports it as
-truncated); whitespace-only lines between records are skipped.
+Record boundaries: a record ends with its ``//`` line. The streaming splitter cuts only at the common
+``//`` + ``ID`` boundary (fast); :func:`split_exhaustive` is the careful splitter used for damaged stretches:
+a record that lacks its ``//`` but is followed by an ``ID   `` line is cut there and marked
+``terminated=False`` (reported as truncated), text after a ``//`` line that is no entry becomes its own raw
+record (reported), whitespace-only lines between records are skipped.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def open_uniprot(path: str | os.PathLike[str]) -> BinaryIO:
     return f
 
 
-def _clean(buf: bytes, pos: int, end: int, base: int, line: int | None, terminated: bool,
-           out: list[RawRecord]) -> None:
+def _clean(
+    buf: bytes, pos: int, end: int, base: int, line: int | None, terminated: bool, out: list[RawRecord]
+) -> None:
     """Append ``buf[pos:end]`` as one raw record unless it is blank; leading blank lines are skipped."""
     if buf[pos] in _WS:
         j = pos
@@ -53,22 +56,26 @@ def _clean(buf: bytes, pos: int, end: int, base: int, line: int | None, terminat
 
 
 def _one_segment(buf: bytes, pos: int, end: int, base: int, line: int | None, out: list[RawRecord]) -> None:
-    """``buf[pos:end]`` holds no inner ID line: a record with or without its ``//``, plus maybe junk after it."""
-    if buf.startswith(b"//", pos):
-        t = pos
-    else:
-        t = buf.rfind(b"\n//", pos, end)
-        t = t + 1 if t >= 0 else -1
-    if t < 0:
-        _clean(buf, pos, end, base, line, False, out)
-        return
-    nl = buf.find(b"\n", t, end)
-    rec_end = end if nl < 0 else nl + 1
-    _clean(buf, pos, rec_end, base, line, True, out)
-    if rec_end < end and buf[rec_end:end].strip():
+    """``buf[pos:end]`` holds no inner ID line: cut it after each ``//`` line; a tail without one is unterminated.
+
+    Normally that gives one terminated record. Text after a ``//`` line (junk, or an entry whose ID line is
+    missing) becomes its own raw record, so it is reported instead of swallowing the record before it.
+    """
+    while pos < end:
+        if buf.startswith(b"//", pos):
+            t = pos
+        else:
+            t = buf.find(b"\n//", pos, end)
+            t = t + 1 if t >= 0 else -1
+        if t < 0:
+            _clean(buf, pos, end, base, line, False, out)
+            return
+        nl = buf.find(b"\n", t, end)
+        rec_end = end if nl < 0 else nl + 1
+        _clean(buf, pos, rec_end, base, line, True, out)
         if line is not None:
             line += buf.count(b"\n", pos, rec_end)
-        _clean(buf, rec_end, end, base, line, False, out)
+        pos = rec_end
 
 
 def split_exhaustive(buf: bytes, pos: int, end: int, base: int, line: int | None) -> list[RawRecord]:
@@ -256,7 +263,9 @@ def line_numbers_at(fileobj: BinaryIO, offsets: list[int], block_size: int = _RE
     return out
 
 
-def iter_chunk_raw(path: str | os.PathLike[str], start: int, end: int, start_line: int | None = None) -> Iterator[RawRecord]:
+def iter_chunk_raw(
+    path: str | os.PathLike[str], start: int, end: int, start_line: int | None = None
+) -> Iterator[RawRecord]:
     """Raw records of the byte range ``[start, end)`` of a plain ``.dat`` (as planned by :func:`chunk_ranges`)."""
     with open(path, "rb") as f:
         f.seek(start)

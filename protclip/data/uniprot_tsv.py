@@ -47,8 +47,14 @@ PE_LEVELS = {
     "predicted": 4,
     "uncertain": 5,
 }
-_REVIEWED = {"reviewed": True, "unreviewed": False, "swiss-prot": True, "trembl": False, "true": True,
-             "false": False}
+_REVIEWED = {
+    "reviewed": True,
+    "unreviewed": False,
+    "swiss-prot": True,
+    "trembl": False,
+    "true": True,
+    "false": False,
+}
 
 
 class TsvFormatError(ValueError):
@@ -78,8 +84,15 @@ def _map_header(cols: list[str], source: str, need_reviewed: bool) -> dict[str, 
     return idx
 
 
-def _parse_row(fields: list[str], idx: dict[str, int], header: list[str], reviewed: bool | None,
-               source: str, offset: int, line: int) -> UniProtRecord:
+def _parse_row(
+    fields: list[str],
+    idx: dict[str, int],
+    header: list[str],
+    reviewed: bool | None,
+    source: str,
+    offset: int,
+    line: int,
+) -> UniProtRecord:
     def get(fld: str) -> str | None:
         i = idx.get(fld)
         if i is None:
@@ -104,8 +117,12 @@ def _parse_row(fields: list[str], idx: dict[str, int], header: list[str], review
         raise bad("protein_existence", f"expected one of {sorted(PE_LEVELS)} or 1..5")
     seq = get("sequence") or ""
     if not seq or not VALID_RESIDUES.issuperset(seq):
-        raise bad("sequence", f"invalid residue characters {''.join(sorted(set(seq) - VALID_RESIDUES))!r}"
-                  if seq else "empty sequence")
+        raise bad(
+            "sequence",
+            f"invalid residue characters {''.join(sorted(set(seq) - VALID_RESIDUES))!r}"
+            if seq
+            else "empty sequence",
+        )
     length = get("length")
     if length is not None and (not length.isdigit() or int(length) != len(seq)):
         raise bad("length", f"does not match the sequence length {len(seq)}")
@@ -149,8 +166,9 @@ def _parse_row(fields: list[str], idx: dict[str, int], header: list[str], review
     )
 
 
-def iter_tsv_records(stream: BinaryIO, source_name: str, reviewed: bool | None = None,
-                     strict: bool = False) -> Iterator[ParseResult]:
+def iter_tsv_records(
+    stream: BinaryIO, source_name: str, reviewed: bool | None = None, strict: bool = False
+) -> Iterator[ParseResult]:
     """Parse a UniProt TSV byte stream; one result per data row (blank lines are skipped)."""
     head = stream.readline()
     if not head.strip():
@@ -181,8 +199,12 @@ def iter_tsv_records(stream: BinaryIO, source_name: str, reviewed: bool | None =
             yield MalformedRecord(source_name, here, line, acc, str(e))
 
 
-def read_tsv(path: str | os.PathLike[str], source_name: str | None = None, reviewed: bool | None = None,
-             strict: bool = False) -> ParseReport:
+def read_tsv(
+    path: str | os.PathLike[str],
+    source_name: str | None = None,
+    reviewed: bool | None = None,
+    strict: bool = False,
+) -> ParseReport:
     """Read a whole local ``.tsv`` / ``.tsv.gz`` into a :class:`ParseReport`."""
     src = source_name if source_name is not None else os.fspath(path)
     report = ParseReport()

@@ -105,7 +105,10 @@ class HFProteinEmbedder:
         self.max_tokens_per_batch = max_tokens_per_batch
         vocab: dict[str, int] = tokenizer.get_vocab()
         self._vocab = vocab
-        ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "eos", "pad", "mask", "unk")}
+        ids = {
+            name: getattr(tokenizer, f"{name}_token_id", None)
+            for name in ("cls", "eos", "pad", "mask", "unk")
+        }
         missing = [k for k, v in ids.items() if v is None]
         if missing:
             raise ValueError(f"tokenizer lacks special tokens {missing}; an ESM tokenizer is expected")
@@ -159,7 +162,9 @@ class HFProteinEmbedder:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"sequence {i} is empty or not a string: {s!r}")
             codes = np.frombuffer(s[: self.max_residues].upper().encode("ascii", "replace"), dtype=np.uint8)
-            rows.append(np.concatenate([[self.cls_id], self._char_ids[np.minimum(codes, 127)], [self.eos_id]]))
+            rows.append(
+                np.concatenate([[self.cls_id], self._char_ids[np.minimum(codes, 127)], [self.eos_id]])
+            )
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -168,7 +173,9 @@ class HFProteinEmbedder:
             mask[i, : len(r)] = 1
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
-    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Mean over residue positions (not ``<cls>``/``<eos>``/padding) of ``hidden`` ``[B, L, D]``."""
         keep = attention_mask.bool() & (input_ids != self.cls_id) & (input_ids != self.eos_id)
         keep = keep & (input_ids != self.pad_id)

@@ -26,7 +26,12 @@ def esm_tokenizer():
 
 
 def tiny_esm_embedder(
-    hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0, max_length: int = 1024, device: str = "cpu"
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+    max_length: int = 1024,
+    device: str = "cpu",
 ) -> HFProteinEmbedder:
     """``EsmForMaskedLM`` with random weights (seeded) wrapped in :class:`HFProteinEmbedder`."""
     from transformers import EsmConfig, EsmForMaskedLM

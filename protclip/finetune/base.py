@@ -32,7 +32,7 @@ import torch
 
 from protclip.finetune.config import BaseSection
 from protclip.model.sources import RANDOM, WHEEL_PREFIX, resolve_source
-from protclip.storage import StorageConfig, filesystem, is_remote
+from protclip.storage import StorageConfig, filesystem, is_remote, redact
 
 _log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ def _is_tower_dir(p: Path) -> bool:
 
 
 def resolve_base(cfg: BaseSection, materialize_dir: str, storage: StorageConfig | None = None,
-                 seed: int = 0) -> ResolvedBase:
-    """Turn ``cfg.source`` into a :class:`ResolvedBase`; writes into ``materialize_dir`` when it must."""
+                 seed: int = 0, tracking_uri: str | None = None) -> ResolvedBase:
+    """Turn ``cfg.source`` into a :class:`ResolvedBase`; writes into ``materialize_dir`` when it must.
+
+    ``tracking_uri`` is the MLflow store ``mlflow:<run_id>`` sources are looked up in (default as tracking)."""
     src = cfg.source.strip()
     if src == RANDOM:
         return _random_tower(cfg, materialize_dir, storage, seed)
@@ -72,7 +74,7 @@ def resolve_base(cfg: BaseSection, materialize_dir: str, storage: StorageConfig 
     if src.startswith("hub:"):
         return ResolvedBase(src[4:], "hub", src, cfg.parent_run_id, {"revision": cfg.revision})
     if src.startswith("mlflow:"):
-        return _from_mlflow(src[7:], cfg, materialize_dir, storage)
+        return _from_mlflow(src[7:], cfg, materialize_dir, storage, tracking_uri)
     if src.startswith("tower:"):
         return _from_tower_uri(src[6:], src, cfg, materialize_dir, storage)
     if src.startswith("protclip:"):
@@ -222,14 +224,19 @@ def tower_from_checkpoint(ckpt: Path) -> torch.nn.Module:
     return tower
 
 
-def _from_mlflow(run_id: str, cfg: BaseSection, out: str, storage) -> ResolvedBase:
+def _from_mlflow(run_id: str, cfg: BaseSection, out: str, storage, tracking_uri: str | None) -> ResolvedBase:
     """Find the tower a pre-training MLflow run exported: a tag/param naming the export, else an artifact."""
     from mlflow.tracking import MlflowClient
 
     from protclip.tracking import resolve_tracking_uri
 
-    client = MlflowClient(resolve_tracking_uri(None))
-    run = client.get_run(run_id)
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:  # MlflowException: unknown id, unreachable server
+        where = redact(resolve_tracking_uri(tracking_uri))
+        raise ValueError(f"base.source mlflow:{run_id}: cannot read the run from {where} "
+                         f"({type(e).__name__}: {redact(str(e))})") from None
     meta = {**run.data.params, **run.data.tags}
     for key in EXPORT_TAGS:
         if meta.get(key):

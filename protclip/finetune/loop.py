@@ -22,15 +22,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from protclip.finetune.checkpoint import load_adapter_checkpoint, restore_trainable, save_adapter_checkpoint
-from protclip.finetune.checkpoint import trainable_state
+from protclip.finetune.checkpoint import (
+    load_adapter_checkpoint,
+    restore_trainable,
+    save_adapter_checkpoint,
+    trainable_state,
+)
 from protclip.finetune.config import FinetuneConfig
 from protclip.finetune.data import Collator, TaskData, eval_batches, steps_per_epoch, train_batch
 from protclip.finetune.evaluate import batch_outputs, compute_metrics, prediction_rows
 from protclip.finetune.export import export_run, gather_trainable, rebuild_trained
-from protclip.finetune.model import TaskSpec, attach_lora, build_task_model, cast_frozen, task_loss
-from protclip.finetune.model import trainable_report
-from protclip.finetune.parallel import shard_lora_fsdp2, unwrap, wrap_ddp
+from protclip.finetune.model import (
+    TaskSpec,
+    attach_lora,
+    build_task_model,
+    cast_frozen,
+    task_loss,
+    trainable_report,
+)
+from protclip.finetune.parallel import shard_lora_fsdp2, wrap_ddp
 from protclip.train.checkpoint import TrainState
 from protclip.train.schedule import WarmupDecay, build_scheduler, warmup_steps_for
 
@@ -56,6 +66,7 @@ class WorkerEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: str | None = None  # the launcher's device for this rank (Ray: ray.train.torch.get_device())
     # report(metrics, checkpoint_dir | None), called on every rank at the same points
     report: Callable[[dict[str, Any], str | None], None] = lambda metrics, ckpt: None
     # a context manager yielding a local checkpoint directory to resume from, or None
@@ -90,7 +101,10 @@ class _Runner:
         from protclip.tracking import logger_for_rank
 
         self.cfg, self.job, self.data, self.env, self.spec = cfg, job, data, env, job.spec
-        self.device = torch.device(f"cuda:{env.local_rank}") if cfg.train.use_gpu else torch.device("cpu")
+        if env.device is not None:
+            self.device = torch.device(env.device)
+        else:
+            self.device = torch.device(f"cuda:{env.local_rank}") if cfg.train.use_gpu else torch.device("cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads_per_worker)
         else:
@@ -217,7 +231,7 @@ class _Runner:
                                              else step % cfg.train.checkpoint_every == 0)
             stop = cfg.train.stop_at_step is not None and step >= cfg.train.stop_at_step and step < self.total
             if do_eval or do_ckpt or stop or step % 10 == 0 or step == self.total:
-                t = torch.tensor([float(np.mean(losses)), tokens, seqs], dtype=torch.float64)
+                t = torch.tensor([float(np.mean(losses)), tokens, seqs], dtype=torch.float64, device=self.device)
                 dist.all_reduce(t)
                 dt = time.perf_counter() - t0
                 last = {"step": step, "epoch": (step - 1) // self.spe, "train/loss": t[0].item() / env.world_size,
@@ -269,8 +283,8 @@ class _Runner:
                     if self.spec.type == "per_residue" else None)
             preds = prediction_rows(self.spec, [self.data.ids[i] for i in order], outputs, kept)
             final["output_dir"] = export_run(peft_model, self.spec, cfg, _plain(final), preds, self.log)
-            self.log.log_metrics({k: v for k, v in final.items() if k.startswith(("valid/", "test/"))},
-                                 step=state.step)
+            self.log.log_metrics({k: v for k, v in final.items()
+                                  if k.startswith(("valid/", "test/", "untrained/", "sys/"))}, step=state.step)
         dist.barrier()
         self.checkpoint(state, best, {k: v for k, v in final.items() if not isinstance(v, str)})
         return final

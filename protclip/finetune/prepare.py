@@ -33,7 +33,8 @@ def run_dir(cfg: FinetuneConfig) -> str:
 
 def prepare(cfg: FinetuneConfig) -> PreparedJob:
     """Resolve the base, read and split the data, fix the task spec (no MLflow, no Ray)."""
-    base = resolve_base(cfg.base, join(run_dir(cfg), "base_tower"), cfg.storage, seed=cfg.train.seed)
+    base = resolve_base(cfg.base, join(run_dir(cfg), "base_tower"), cfg.storage, seed=cfg.train.seed,
+                        tracking_uri=cfg.tracking.uri)
     data = load_task_data(cfg.data, cfg.task, cfg.storage)
     mean, std = regression_stats(data) if cfg.task.type == "regression" else (0.0, 1.0)
     spec = TaskSpec(

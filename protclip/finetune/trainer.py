@@ -47,8 +47,11 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             yield d
 
+    import ray.train.torch
+
+    device = str(ray.train.torch.get_device()) if cfg.train.use_gpu else "cpu"
     env = WorkerEnv(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
-                    report=report, resume_dir=resume_dir)
+                    device=device, report=report, resume_dir=resume_dir)
     run_worker(cfg, config["job"], data, env)
 
 

@@ -78,7 +78,12 @@ def xformers_attention(
         bias = padding_bias(attention_mask, query.shape[1], query.dtype)
     if _use_xformers_kernel(query):
         out = xops.memory_efficient_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_bias=bias, p=p, scale=scaling
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attn_bias=bias,
+            p=p,
+            scale=scaling,
         )
         return out, None
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=p, scale=scaling)

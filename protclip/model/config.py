@@ -55,8 +55,9 @@ class ModelConfig:
     text_model: str = "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract"
     # where the text tokenizer (vocab.txt) lives; "" = same as text_model ("random" -> the committed tiny vocab)
     text_tokenizer: str = ""
-    protein_random: RandomTowerConfig = field(default_factory=RandomTowerConfig)  # used when protein_model="random"
-    text_random: RandomTowerConfig = field(default_factory=RandomTowerConfig)  # used when text_model="random"
+    # geometry of the towers built when protein_model / text_model is "random"
+    protein_random: RandomTowerConfig = field(default_factory=RandomTowerConfig)
+    text_random: RandomTowerConfig = field(default_factory=RandomTowerConfig)
     # attention backend of both towers: auto = xformers on CUDA when installed, else sdpa
     attention: Literal["auto", "xformers", "sdpa", "eager"] = "auto"
     projection_dim: int = 512  # joint space width (projections, decoder, prototypes)
@@ -95,7 +96,9 @@ class ModelConfig:
                 f"1/local_temperature_init"
             )
         if self.max_protein_length < 3:
-            raise ValueError(f"model.max_protein_length must be >= 3 (cls, a residue, eos), got {self.max_protein_length}")
+            raise ValueError(
+                f"model.max_protein_length must be >= 3 (cls, a residue, eos), got {self.max_protein_length}"
+            )
         for name in ("max_text_length", "max_subtext_length"):
             if getattr(self, name) < 3:
                 raise ValueError(f"model.{name} must be >= 3, got {getattr(self, name)}")

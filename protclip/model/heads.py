@@ -21,7 +21,10 @@ class TokenHead(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dim: int, vocab_size: int) -> None:
         super().__init__(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, vocab_size)
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.LayerNorm(hidden_dim),
+            nn.Linear(hidden_dim, vocab_size),
         )
 
 

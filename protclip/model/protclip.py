@@ -27,9 +27,13 @@ IGNORE_INDEX = -100
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over positions where ``mask`` is set; ``[B, L, H]`` -> ``[B, H]``."""
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    """Mean over positions where ``mask`` is set; ``[B, L, H]`` -> ``[B, H]``.
+
+    Summed in fp32 (a bf16 running sum over ~1000 tokens loses digits), returned in the input dtype so a
+    bf16-parameter projection (FSDP2 mixed precision) accepts it.
+    """
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return ((hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)).to(hidden.dtype)
 
 
 def residue_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -54,7 +58,11 @@ class ProtCLIPModel(nn.Module):
         self.released = cfg.mode == "released"
         self.protein_tower = protein_tower if protein_tower is not None else build_protein_tower(cfg)
         self.text_tower = text_tower if text_tower is not None else build_text_tower(cfg)
-        hp, ht, d = self.protein_tower.config.hidden_size, self.text_tower.config.hidden_size, cfg.projection_dim
+        hp, ht, d = (
+            self.protein_tower.config.hidden_size,
+            self.text_tower.config.hidden_size,
+            cfg.projection_dim,
+        )
         vocab = len(ESM_VOCAB)
         self.protein_proj = ProjectionHead(hp, d)
         self.text_proj = ProjectionHead(ht, d)
@@ -120,6 +128,10 @@ class ProtCLIPModel(nn.Module):
         g = self._text_hidden(input_ids, attention_mask)
         return F.normalize(self.text_proj(self._pool_text(g, attention_mask)), dim=-1)
 
+    def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Residue-vocabulary logits ``[B, L, 33]`` of the MLM head (mutation-effect scoring, eval)."""
+        return self.mlm_head(self._protein_hidden(input_ids, attention_mask))
+
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         lc, out = self.loss_cfg, {}
@@ -130,10 +142,14 @@ class ProtCLIPModel(nn.Module):
         if lc.gc or lc.pda:
             h = self._protein_hidden(ids, am)
             if lc.gc:
-                out["protein_features"] = F.normalize(self.protein_proj(self._pool_protein(h, ids, am)), dim=-1)
+                out["protein_features"] = F.normalize(
+                    self.protein_proj(self._pool_protein(h, ids, am)), dim=-1
+                )
             if lc.pda:
                 out["pda_tokens"] = self.protein_proj(h)
-                out["pda_token_mask"] = torch.ones_like(am, dtype=torch.bool) if self.released else residue_mask(ids, am)
+                out["pda_token_mask"] = (
+                    torch.ones_like(am, dtype=torch.bool) if self.released else residue_mask(ids, am)
+                )
         if lc.gc or lc.bsr:
             text_am = batch["text_attention_mask"]
             g = self._text_hidden(batch["text_input_ids"], text_am)
@@ -147,7 +163,9 @@ class ProtCLIPModel(nn.Module):
         if lc.bsr:
             out.update(self._bsr(batch, am, g, text_am))
         if lc.pda:
-            out["pda_queries"] = self._property_queries(batch["subtext_input_ids"], batch["subtext_attention_mask"])
+            out["pda_queries"] = self._property_queries(
+                batch["subtext_input_ids"], batch["subtext_attention_mask"]
+            )
         return out
 
     def _bsr(self, batch, am, g, text_am) -> dict[str, torch.Tensor]:
@@ -163,7 +181,9 @@ class ProtCLIPModel(nn.Module):
         b, k, ls = sub_ids.shape
         with torch.no_grad():
             flat_am = sub_am.reshape(b * k, ls)
-            g = self.text_tower(input_ids=sub_ids.reshape(b * k, ls), attention_mask=flat_am).last_hidden_state
+            g = self.text_tower(
+                input_ids=sub_ids.reshape(b * k, ls), attention_mask=flat_am
+            ).last_hidden_state
             u = self.text_proj(self._pool_text(g, flat_am)).reshape(b, k, -1)
         return self.prototypes(u)
 

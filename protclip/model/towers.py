@@ -56,7 +56,9 @@ def build_protein_tower(cfg: ModelConfig, attn_implementation: str | None = None
     which DCP resume needs, stack.md §4)."""
     impl = _impl(cfg, attn_implementation)
     if cfg.protein_model == RANDOM:
-        model = EsmModel._from_config(copy.deepcopy(tiny_esm_config(cfg.protein_random)), attn_implementation=impl)
+        model = EsmModel._from_config(
+            copy.deepcopy(tiny_esm_config(cfg.protein_random)), attn_implementation=impl
+        )
         model.pooler = None
     else:
         model = EsmModel.from_pretrained(
@@ -78,7 +80,9 @@ def build_text_tower(cfg: ModelConfig, attn_implementation: str | None = None) -
     if cfg.text_model == RANDOM:
         tok = load_text_tokenizer(text_tokenizer_dir(cfg.text_model, cfg.text_tokenizer))
         bert_cfg = tiny_bert_config(cfg.text_random, len(tok), tok.pad_token_id)
-        model = BertModel._from_config(copy.deepcopy(bert_cfg), attn_implementation=impl, add_pooling_layer=False)
+        model = BertModel._from_config(
+            copy.deepcopy(bert_cfg), attn_implementation=impl, add_pooling_layer=False
+        )
     else:
         model = BertModel.from_pretrained(
             resolve_source(cfg.text_model), add_pooling_layer=False, attn_implementation=impl

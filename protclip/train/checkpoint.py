@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +33,12 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from protclip.train.safe_dcp import UnsafeCheckpointError, load_metadata, safe_reader
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["TrainState", "CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
-           "latest_valid_checkpoint", "COMMITTED", "FORMAT_VERSION"]
+           "latest_valid_checkpoint", "committed_manifest", "COMMITTED", "FORMAT_VERSION"]
 
 COMMITTED = "COMMITTED"
 STATE_FILE = "trainer_state.json"
@@ -111,6 +114,32 @@ def _list_files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _cause(e: BaseException) -> str:
+    """One line naming the underlying error(s) (DCP wraps them per rank), errno text first when there is one."""
+    errs: list[BaseException] = []
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict):
+        for v in failures.values():
+            errs.append(v[0] if isinstance(v, tuple) else v)
+    errs = errs or [e]
+    parts = []
+    for err in errs:
+        seen: BaseException | None = err
+        while seen is not None and not isinstance(seen, OSError):
+            seen = seen.__cause__ or seen.__context__
+        parts.append(str(seen) if seen is not None else f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _write_failure(root: Path, step: int, e: BaseException) -> str:
+    try:
+        free = f"{shutil.disk_usage(root).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return (f"could not write the checkpoint of step {step} to {root} ({free}): {_cause(e)}. The previous committed "
+            f"checkpoint is untouched; this partial one has no {COMMITTED} marker and will never be loaded")
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     model: nn.Module,
@@ -126,14 +155,19 @@ def save_checkpoint(
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(root))
-    (root / "rng").mkdir(exist_ok=True)
-    torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
-    if scheduler is not None:
-        state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    state.world_size = world
-    if rank == 0:
-        (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+    try:
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(root))
+        (root / "rng").mkdir(exist_ok=True)
+        torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
+        if scheduler is not None:
+            state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        state.world_size = world
+        if rank == 0:
+            (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException is a BaseException with every rank's traceback
+        raise CheckpointError(_write_failure(root, state.step, e)) from None
     files = _list_files(root)
     gathered: list[dict[str, int]] = [files]
     if world > 1:
@@ -189,9 +223,16 @@ def load_checkpoint(
     state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()))
     msd, osd = get_state_dict(model, optimizer)
     sd = {"model": msd, "optim": osd}
+    try:  # DCP unpickles .metadata with plain pickle: check it with an allow-list first (see safe_dcp)
+        with open(root / ".metadata", "rb") as f:
+            load_metadata(f, str(root / ".metadata"))
+    except UnsafeCheckpointError as e:
+        raise CheckpointError(f"checkpoint {root} was refused: {e}") from None
     try:
-        dcp.load(sd, checkpoint_id=str(root))
-    except Exception as e:  # DCP raises plain RuntimeErrors on missing/mismatched keys
+        dcp.load(sd, storage_reader=safe_reader(root))  # metadata allow-listed again, tensors weights_only
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP raises RuntimeErrors, or a CheckpointException (a BaseException) per rank
         raise CheckpointError(f"checkpoint {root} does not fit this model/optimizer: {e}") from e
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     if scheduler is not None and state.scheduler:
@@ -205,6 +246,27 @@ def load_checkpoint(
         _log.warning("checkpoint %s was written by %d ranks, now %d: RNG streams are re-seeded, not restored",
                      root, state.world_size, world)
     return state
+
+
+def committed_manifest(fs: Any, path: str) -> dict[str, Any] | None:
+    """The ``COMMITTED`` manifest of a checkpoint folder on any fsspec file system when every file it lists is
+    there with its size (all ranks uploaded), else None. The driver-side twin of :func:`verify_checkpoint`."""
+    path = path.rstrip("/")
+    marker = f"{path}/{COMMITTED}"
+    try:
+        if not fs.exists(marker):
+            return None
+        with fs.open(marker, "r") as f:
+            meta = json.load(f)
+        found = fs.find(path, detail=True)
+    except (OSError, ValueError):
+        return None
+    sizes = {p.rstrip("/")[len(path) + 1:]: info.get("size") for p, info in found.items()}
+    if meta.get("format") != FORMAT_VERSION:
+        return None
+    if any(sizes.get(f) != size for f, size in meta.get("files", {}).items()):
+        return None
+    return meta
 
 
 def latest_valid_checkpoint(run_dir: str | os.PathLike, prefix: str = "checkpoint_") -> Path | None:

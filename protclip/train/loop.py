@@ -30,6 +30,7 @@ from protclip.storage import filesystem
 from protclip.tracking import logger_for_rank, secrets_of
 from protclip.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from protclip.train.config import PretrainConfig
+from protclip.train.faults import maybe_inject
 from protclip.train.flops import peak_flops
 from protclip.train.meter import StepMeter, step_flops_fn
 from protclip.train.optim import build_optimizer, guarded_step
@@ -146,6 +147,7 @@ def train_worker(cfg: PretrainConfig, session: Session, lc: LoopConfig) -> Train
     consecutive_skips, last_ckpt_step, last_metrics = 0, state.step if state.step else -1, {}
 
     while state.step < stop:
+        maybe_inject(state.step, rank)  # reliability tests only (inert unless PROTCLIP_FAULT_AT_STEP)
         t0 = time.perf_counter()
         mbs = _take(batches, tc.accum_steps)
         t_data = time.perf_counter() - t0

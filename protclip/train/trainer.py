@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 
 from protclip import storage
-from protclip.train.checkpoint import COMMITTED, STATE_FILE, CheckpointError, verify_checkpoint
+from protclip.train.checkpoint import STATE_FILE, CheckpointError, committed_manifest, verify_checkpoint
 from protclip.train.config import PretrainConfig
+from protclip.train.faults import fault_env
 from protclip.train.loop import LoopConfig, total_steps_for, train_worker
 
 _log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ def peek_latest_state(cfg: PretrainConfig) -> dict[str, Any] | None:
         if not name.startswith("checkpoint_"):
             continue
         d = posixpath.join(root, name) if storage.is_remote(run_uri(cfg)) else os.path.join(root, name)
-        if fs.exists(f"{d}/{COMMITTED}") and fs.exists(f"{d}/{STATE_FILE}"):
+        # complete = every file of every rank there (as the workers check); a half-uploaded one is skipped
+        if committed_manifest(fs, d) is not None and fs.exists(f"{d}/{STATE_FILE}"):
             with fs.open(f"{d}/{STATE_FILE}", "r") as f:
                 return json.load(f)
     return None
@@ -212,11 +214,13 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
             logger.set_tags({"protclip.resumed_from_step": previous.get("step", 0)})
 
     has_val = data.val is not None and tc.val_every > 0
+    # validation re-reads its split every time; it is small (data.val_max_rows), so keep it in the object store
+    val_ds = data.val.materialize() if has_val else None
     export_uri = storage.join(uri, "export") if tc.export else None
     loop = LoopConfig(total_steps=total, start_epoch=start_epoch, run_id=run_id, tracking_uri=tracking_uri,
                       export_uri=export_uri, score_attribute=SCORE_ATTRIBUTE if has_val else None)
     storage_path, storage_fs = _ray_storage(cfg)
-    datasets = {"train": data.train} | ({"val": data.val} if has_val else {})
+    datasets = {"train": data.train} | ({"val": val_ds} if has_val else {})
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": cfg, "loop": loop, "has_val": has_val},
@@ -227,6 +231,7 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
         run_config=RunConfig(
             name=cfg.storage.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=tc.max_failures),
+            worker_runtime_env={"env_vars": fault_env()} if fault_env() else None,  # tests: faults.py
             checkpoint_config=CheckpointConfig(
                 num_to_keep=tc.keep_checkpoints,
                 checkpoint_score_attribute=SCORE_ATTRIBUTE if has_val else None,

@@ -88,7 +88,9 @@ def clean_sequence(raw: Any, path: str | Path, record: str, field_name: str = "s
     return s
 
 
-def parse_label(raw: Any, task_type: str, path: str | Path, record: str, field_name: str, sep: str = ";") -> Any:
+def parse_label(
+    raw: Any, task_type: str, path: str | Path, record: str, field_name: str, sep: str = ";"
+) -> Any:
     """One label cell -> ``str`` / ``list[str]`` / ``float`` according to ``task_type``."""
     if task_type not in TASK_TYPES:
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
@@ -98,7 +100,9 @@ def parse_label(raw: Any, task_type: str, path: str | Path, record: str, field_n
         elif isinstance(raw, str):
             items = [x.strip() for x in raw.split(sep)]
         else:
-            raise FormatError(path, record, field_name, f"expected a {sep!r}-separated string or a list, got {raw!r}")
+            raise FormatError(
+                path, record, field_name, f"expected a {sep!r}-separated string or a list, got {raw!r}"
+            )
         return sorted({x for x in items if x})
     if task_type == "regression":
         try:
@@ -134,7 +138,9 @@ def read_fasta(path: str | Path) -> list[FastaRecord]:
                     records.append(_fasta_record(path, header, header_line, chunks))
                 header, header_line, chunks = line[1:].strip(), lineno, []
             elif header is None:
-                raise FormatError(path, f"line {lineno}", "header", "sequence data before the first '>' header")
+                raise FormatError(
+                    path, f"line {lineno}", "header", "sequence data before the first '>' header"
+                )
             else:
                 chunks.append(line)
     if header is not None:
@@ -160,7 +166,14 @@ def table_format(path: str | Path, fmt: str = "auto") -> str:
             raise ValueError(f"table format must be one of {TABLE_FORMATS} or 'auto', got {fmt!r}")
         return fmt
     suffix = Path(path).suffix.lower()
-    by_ext = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+    by_ext = {
+        ".csv": "csv",
+        ".tsv": "tsv",
+        ".tab": "tsv",
+        ".txt": "tsv",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+    }
     if suffix not in by_ext:
         raise ValueError(f"{path}: cannot tell the table format from {suffix!r}; set the format explicitly")
     return by_ext[suffix]
@@ -182,13 +195,17 @@ def read_table_frame(
             present = set(pq.read_schema(path).names)
             missing = [c for c in required if c not in present]
             if missing:
-                raise FormatError(path, "header", ",".join(missing), f"missing column(s); the table has {sorted(present)}")
+                raise FormatError(
+                    path, "header", ",".join(missing), f"missing column(s); the table has {sorted(present)}"
+                )
         df = pd.read_parquet(path, columns=list(dict.fromkeys(required)) if only_required else None)
     else:
         df = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False)
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise FormatError(path, "header", ",".join(missing), f"missing column(s); the table has {list(df.columns)}")
+        raise FormatError(
+            path, "header", ",".join(missing), f"missing column(s); the table has {list(df.columns)}"
+        )
     return df
 
 
@@ -211,5 +228,3 @@ def iter_rows(
         except FormatError as err:
             collect(err)
     return values, kept, collect.errors
-
-

@@ -17,7 +17,9 @@ from protclip.eval.formats.core import (
 )
 
 
-def read_deeploc_fasta(path: str | Path, label: str = "location", on_error: str = "raise") -> LabeledSequences:
+def read_deeploc_fasta(
+    path: str | Path, label: str = "location", on_error: str = "raise"
+) -> LabeledSequences:
     """DeepLoc FASTA: ``>ACC Location-M|S|U [test]``; ``splits`` is ``"test"`` where flagged, else ``"train"``."""
     if label not in ("location", "membrane"):
         raise ValueError(f"label must be 'location' or 'membrane', got {label!r}")
@@ -29,12 +31,16 @@ def read_deeploc_fasta(path: str | Path, label: str = "location", on_error: str 
         try:
             tokens = rec.description.split()
             if len(tokens) < 2 or "-" not in tokens[1]:
-                raise FormatError(path, where, "label", f"expected 'Location-M|S|U', header is {rec.description!r}")
+                raise FormatError(
+                    path, where, "label", f"expected 'Location-M|S|U', header is {rec.description!r}"
+                )
             loc, mem = tokens[1].rsplit("-", 1)
             if not loc or mem not in ("M", "S", "U"):
                 raise FormatError(path, where, "label", f"expected 'Location-M|S|U', got {tokens[1]!r}")
             if len(tokens) > 3 or (len(tokens) == 3 and tokens[2] != "test"):
-                raise FormatError(path, where, "flag", f"expected nothing or 'test' after the label: {rec.description!r}")
+                raise FormatError(
+                    path, where, "flag", f"expected nothing or 'test' after the label: {rec.description!r}"
+                )
             seq = clean_sequence(rec.sequence, path, where)
         except FormatError as err:
             collect(err)

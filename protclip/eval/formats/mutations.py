@@ -63,9 +63,13 @@ def check_against_wt(muts: list[Mutation], wt: str, first_position: int = 1) -> 
     for m in muts:
         number = m.position + first_position
         if not 0 <= m.position < len(wt):
-            raise ValueError(f"position {number} is outside the wild type (length {len(wt)}, numbering from {first_position})")
+            raise ValueError(
+                f"position {number} is outside the wild type (length {len(wt)}, numbering from {first_position})"
+            )
         if wt[m.position] != m.wt:
-            raise ValueError(f"{m.wt}{number}{m.mt}: wild type has {wt[m.position]!r} at position {number}, not {m.wt!r}")
+            raise ValueError(
+                f"{m.wt}{number}{m.mt}: wild type has {wt[m.position]!r} at position {number}, not {m.wt!r}"
+            )
 
 
 def read_mutations(
@@ -83,7 +87,9 @@ def read_mutations(
     path = Path(path)
     if (wt_sequence is None) == (wt_column is None):
         raise ValueError("give exactly one of wt_sequence or wt_column")
-    wt_fixed = clean_sequence(wt_sequence, path, "argument", "wt_sequence") if wt_sequence is not None else None
+    wt_fixed = (
+        clean_sequence(wt_sequence, path, "argument", "wt_sequence") if wt_sequence is not None else None
+    )
     required = (mutant_column, score_column) + ((wt_column,) if wt_column else ())
     df = read_table_frame(path, fmt, required)
 

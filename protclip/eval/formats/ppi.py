@@ -45,7 +45,12 @@ def read_sequence_map(path: str | Path) -> dict[str, str]:
                 continue
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2:
-                raise FormatError(path, f"line {lineno}", "id/sequence", f"expected 2 tab-separated fields, got {len(parts)}")
+                raise FormatError(
+                    path,
+                    f"line {lineno}",
+                    "id/sequence",
+                    f"expected 2 tab-separated fields, got {len(parts)}",
+                )
             out[parts[0].strip()] = clean_sequence(parts[1], path, f"line {lineno}")
     return out
 
@@ -76,9 +81,13 @@ def read_ppi_pairs(
     inline = {"seq_a", "seq_b"} <= cols
     has_ids = {"id_a", "id_b"} <= cols
     if not inline and not has_ids:
-        raise FormatError(path, "header", "seq_a/seq_b or id_a/id_b", f"missing; the table has {sorted(cols)}")
+        raise FormatError(
+            path, "header", "seq_a/seq_b or id_a/id_b", f"missing; the table has {sorted(cols)}"
+        )
     if not inline and seq_map is None:
-        raise ValueError(f"{path}: pairs are given by id_a/id_b; pass `sequences` (a FASTA or id<TAB>seq file)")
+        raise ValueError(
+            f"{path}: pairs are given by id_a/id_b; pass `sequences` (a FASTA or id<TAB>seq file)"
+        )
 
     def side(row: dict[str, Any], where: str, s: str) -> tuple[str, str]:
         if inline:

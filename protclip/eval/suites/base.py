@@ -39,7 +39,10 @@ class SuiteConfig:
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.max_examples is None or self.max_examples >= 1, f"max_examples must be >= 1, got {self.max_examples}")
+        require(
+            self.max_examples is None or self.max_examples >= 1,
+            f"max_examples must be >= 1, got {self.max_examples}",
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SuiteConfig:
@@ -70,9 +73,13 @@ class LabeledDataConfig(SuiteConfig):
         super().__post_init__()
         require(bool(self.path), "path must be set")
         require(self.format in DATA_FORMATS, f"format must be one of {DATA_FORMATS}, got {self.format!r}")
-        require(self.task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
+        require(
+            self.task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}"
+        )
         require(self.deeploc_label in ("location", "membrane"), f"bad deeploc_label {self.deeploc_label!r}")
-        require(self.on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        require(
+            self.on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {self.on_error!r}"
+        )
         require(self.go_obo is None or self.task_type == "multi_label", "go_obo needs task_type multi_label")
         require(bool(self.label_sep), "label_sep must not be empty")
 
@@ -83,7 +90,9 @@ class SplitDataConfig(LabeledDataConfig):
 
     split: str = "hash"  # "hash": split_by_hash on ids; "column": the file's split names; "files": test_path
     test_fraction: float = 0.2  # split="hash": share of ids in the test bucket
-    split_column: str | None = None  # split="column", tables: column holding split names (DeepLoc: header flag)
+    split_column: str | None = (
+        None  # split="column", tables: column holding split names (DeepLoc: header flag)
+    )
     train_split: str = "train"  # split="column": name of the training split
     test_split: str = "test"  # split="column": name of the test split
     test_path: str | None = None  # split="files": separate test file, same format and columns
@@ -118,9 +127,13 @@ def load_labeled(cfg: LabeledDataConfig, path: str | None = None) -> LabeledSequ
             "sequence_column": cfg.sequence_column,
             "label_column": cfg.label_column,
             "id_column": cfg.id_column,
-            "split_column": getattr(cfg, "split_column", None) if getattr(cfg, "split", "") == "column" else None,
+            "split_column": getattr(cfg, "split_column", None)
+            if getattr(cfg, "split", "") == "column"
+            else None,
         }
-    data = read_labeled(path, fmt=cfg.format, task_type=cfg.task_type, deeploc_label=cfg.deeploc_label, **table_kwargs)
+    data = read_labeled(
+        path, fmt=cfg.format, task_type=cfg.task_type, deeploc_label=cfg.deeploc_label, **table_kwargs
+    )
     if cfg.go_obo:
         from protclip.eval.go import propagate, read_obo
 

@@ -53,15 +53,26 @@ class FinetuneHeadConfig(SplitDataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.mode in ("frozen", "partial"), f"mode must be 'frozen' or 'partial', got {self.mode!r}")
-        require(self.hidden_dim >= 1 and self.epochs >= 1 and self.train_batch_size >= 1, "sizes must be >= 1")
+        require(
+            self.hidden_dim >= 1 and self.epochs >= 1 and self.train_batch_size >= 1, "sizes must be >= 1"
+        )
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        require(self.lr > 0 and self.backbone_lr_ratio >= 0 and self.weight_decay >= 0, "bad optimiser settings")
-        require(0.0 <= self.valid_fraction < 1.0, f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
-        require(self.patience >= 1 and self.unfreeze_layers >= 0, "patience >= 1 and unfreeze_layers >= 0 required")
+        require(
+            self.lr > 0 and self.backbone_lr_ratio >= 0 and self.weight_decay >= 0, "bad optimiser settings"
+        )
+        require(
+            0.0 <= self.valid_fraction < 1.0, f"valid_fraction must be in [0, 1), got {self.valid_fraction}"
+        )
+        require(
+            self.patience >= 1 and self.unfreeze_layers >= 0,
+            "patience >= 1 and unfreeze_layers >= 0 required",
+        )
 
 
 def make_head(dim: int, hidden: int, n_out: int, dropout: float) -> nn.Module:
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out)
+    )
 
 
 class _Frozen:
@@ -115,7 +126,13 @@ def _selection(enc: EncodedLabels, y: np.ndarray, pred: np.ndarray) -> float:
     return -M.mae(y, pred)
 
 
-def _train(cfg: FinetuneHeadConfig, enc: EncodedLabels, feats: Callable, parts: dict[str, np.ndarray], device: torch.device) -> Callable[[str, np.ndarray], np.ndarray]:
+def _train(
+    cfg: FinetuneHeadConfig,
+    enc: EncodedLabels,
+    feats: Callable,
+    parts: dict[str, np.ndarray],
+    device: torch.device,
+) -> Callable[[str, np.ndarray], np.ndarray]:
     """Train the head (and any tower params in ``feats.params``); returns ``predict(split, idx)``."""
     torch.manual_seed(cfg.seed)
     y_all = enc.y_train

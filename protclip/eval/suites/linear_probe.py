@@ -39,7 +39,9 @@ class LinearProbeConfig(SplitDataConfig):
         require(self.max_iter >= 1, f"max_iter must be >= 1, got {self.max_iter}")
 
 
-def fit_predict(cfg: LinearProbeConfig, enc: EncodedLabels, x_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+def fit_predict(
+    cfg: LinearProbeConfig, enc: EncodedLabels, x_train: np.ndarray, x_test: np.ndarray
+) -> np.ndarray:
     """Class scores ``[N_test, C]`` or regression values ``[N_test]``."""
     scaler = StandardScaler().fit(x_train)
     xtr, xte = scaler.transform(x_train), scaler.transform(x_test)
@@ -49,7 +51,9 @@ def fit_predict(cfg: LinearProbeConfig, enc: EncodedLabels, x_train: np.ndarray,
         # a capped solver is a deliberate budget, not an error worth a warning per label
         warnings.simplefilter("ignore", ConvergenceWarning)
         if enc.task_type == "single_label":
-            clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed).fit(xtr, enc.y_train)
+            clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed).fit(
+                xtr, enc.y_train
+            )
             out = np.zeros((len(xte), len(enc.classes)))
             out[:, clf.classes_] = clf.predict_proba(xte)
             return out

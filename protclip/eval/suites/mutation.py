@@ -68,7 +68,9 @@ def score_variants(embedder: Embedder, data: MutationSet, batch_size: int = 8) -
         key = tuple(sorted(m.position for m in muts))
         lp = logp[(wt, key)]
         row = {p: r for r, p in enumerate(key)}
-        scores[i] = sum(lp[row[m.position], AA_INDEX[m.mt]] - lp[row[m.position], AA_INDEX[m.wt]] for m in muts)
+        scores[i] = sum(
+            lp[row[m.position], AA_INDEX[m.mt]] - lp[row[m.position], AA_INDEX[m.wt]] for m in muts
+        )
     return scores
 
 
@@ -89,7 +91,9 @@ def load(cfg: MutationConfig) -> MutationSet:
         on_error=cfg.on_error,
     )
     if cfg.max_examples is not None and len(data) > cfg.max_examples:
-        keep = subsample_by_hash([f"{w}/{m}" for w, m in zip(data.wt_sequences, data.ids, strict=True)], cfg.max_examples, cfg.seed)
+        keep = subsample_by_hash(
+            [f"{w}/{m}" for w, m in zip(data.wt_sequences, data.ids, strict=True)], cfg.max_examples, cfg.seed
+        )
         data = MutationSet(
             ids=[data.ids[i] for i in keep],
             wt_sequences=[data.wt_sequences[i] for i in keep],
@@ -110,7 +114,13 @@ def run(cfg: MutationConfig, embedder: Embedder) -> SuiteResult:
     metrics = {"spearman": M.spearman(measured, pred)}
     figs = {}
     if cfg.make_figures:
-        figs["scatter"] = figures.scatter(pred, measured, "mutation effect", "masked-marginal score", "measured fitness")
+        figs["scatter"] = figures.scatter(
+            pred, measured, "mutation effect", "masked-marginal score", "measured fitness"
+        )
     n_multi = sum(len(m) > 1 for m in data.mutations)
-    info = {"n_multi_mutants": n_multi, "n_malformed_skipped": len(data.errors), "malformed_examples": data.errors[:5]}
+    info = {
+        "n_multi_mutants": n_multi,
+        "n_malformed_skipped": len(data.errors),
+        "malformed_examples": data.errors[:5],
+    }
     return SuiteResult(clean_metrics(metrics), figs, len(data), info)

@@ -60,16 +60,29 @@ class PPIConfig(SuiteConfig):
 
 def _subset(p: PairSet, idx: np.ndarray) -> PairSet:
     pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-    return PairSet(pick(p.ids_a), pick(p.ids_b), pick(p.seqs_a), pick(p.seqs_b), pick(p.labels), p.source,
-                   None if p.splits is None else pick(p.splits))
+    return PairSet(
+        pick(p.ids_a),
+        pick(p.ids_b),
+        pick(p.seqs_a),
+        pick(p.seqs_b),
+        pick(p.labels),
+        p.source,
+        None if p.splits is None else pick(p.splits),
+    )
 
 
 def _read(cfg: PPIConfig, path: str, seq_map: dict[str, str] | None) -> PairSet:
     if not Path(path).is_file():
         raise FileNotFoundError(f"PPIConfig: data file {path} does not exist")
     split_column = cfg.split_column if cfg.split == "column" else None
-    pairs = read_ppi_pairs(path, sequences=seq_map, label_column=cfg.label_column, split_column=split_column,
-                           fmt=cfg.format, on_error=cfg.on_error)
+    pairs = read_ppi_pairs(
+        path,
+        sequences=seq_map,
+        label_column=cfg.label_column,
+        split_column=split_column,
+        fmt=cfg.format,
+        on_error=cfg.on_error,
+    )
     if cfg.max_examples is not None and len(pairs) > cfg.max_examples:
         errors = pairs.errors
         pairs = _subset(pairs, subsample_by_hash(pairs.pair_ids(), cfg.max_examples, cfg.seed))
@@ -94,8 +107,10 @@ def run(cfg: PPIConfig, embedder: Embedder) -> SuiteResult:
         tr, te = split_by_hash(data.pair_ids(), [1 - cfg.test_fraction, cfg.test_fraction], cfg.seed)
         train, test = _subset(data, tr), _subset(data, te)
     if len(train) == 0 or len(test) == 0 or len(set(train.labels)) < 2:
-        raise ValueError(f"{cfg.path}: need non-empty train/test and both labels in train "
-                         f"(train {len(train)}, test {len(test)}, train labels {sorted(set(train.labels))})")
+        raise ValueError(
+            f"{cfg.path}: need non-empty train/test and both labels in train "
+            f"(train {len(train)}, test {len(test)}, train labels {sorted(set(train.labels))})"
+        )
     seqs = train.seqs_a + train.seqs_b + test.seqs_a + test.seqs_b
     emb = embed_unique(embedder, seqs, cfg.batch_size)
     n, m = len(train), len(test)
@@ -107,7 +122,10 @@ def run(cfg: PPIConfig, embedder: Embedder) -> SuiteResult:
         clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed)
         clf.fit(scaler.transform(x_train), train.labels)
     pred = clf.predict(scaler.transform(x_test))
-    metrics = {"f1": M.f1(test.labels, pred), "acc": M.accuracy(test.labels, pred),
-               "positive_rate": float(np.mean(test.labels))}
+    metrics = {
+        "f1": M.f1(test.labels, pred),
+        "acc": M.accuracy(test.labels, pred),
+        "positive_rate": float(np.mean(test.labels)),
+    }
     info = {"n_train": n, "n_test": m, "n_malformed_skipped": len(data.errors)}
     return SuiteResult(clean_metrics(metrics), {}, m, info)

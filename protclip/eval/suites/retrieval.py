@@ -88,6 +88,12 @@ def run(cfg: RetrievalConfig, embedder: Embedder) -> SuiteResult:
     figs = {}
     if cfg.make_figures:
         k = min(cfg.heatmap_size, len(ids))
-        figs["similarity"] = figures.heatmap(sim[:k, :k], f"protein-text cosine (first {k} of {len(ids)})", "text", "protein")
-    info = {"n_malformed_skipped": len(errors), "malformed_examples": errors[:5], "n_unique_texts": len(set(texts))}
+        figs["similarity"] = figures.heatmap(
+            sim[:k, :k], f"protein-text cosine (first {k} of {len(ids)})", "text", "protein"
+        )
+    info = {
+        "n_malformed_skipped": len(errors),
+        "malformed_examples": errors[:5],
+        "n_unique_texts": len(set(texts)),
+    }
     return SuiteResult(clean_metrics(metrics), figs, len(ids), info)

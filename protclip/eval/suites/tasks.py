@@ -72,7 +72,13 @@ def score(
             figs["pr_curve"] = figures.pr_curve(enc.y_test, pred, f"{title}: micro PR curve")
         return out, figs
     pred = np.asarray(pred, dtype=np.float64).ravel()
-    out = {"spearman": M.spearman(enc.y_test, pred), "mae": M.mae(enc.y_test, pred), "rmse": M.rmse(enc.y_test, pred)}
+    out = {
+        "spearman": M.spearman(enc.y_test, pred),
+        "mae": M.mae(enc.y_test, pred),
+        "rmse": M.rmse(enc.y_test, pred),
+    }
     if make_figures:
-        figs["scatter"] = figures.scatter(pred, enc.y_test, f"{title}: predicted vs measured", "predicted", "measured")
+        figs["scatter"] = figures.scatter(
+            pred, enc.y_test, f"{title}: predicted vs measured", "predicted", "measured"
+        )
     return out, figs

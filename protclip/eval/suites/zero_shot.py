@@ -50,9 +50,15 @@ DEFAULT_LOCATION_TEMPLATES: list[str] = [
 
 @dataclass(kw_only=True)
 class ZeroShotConfig(LabeledDataConfig):
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_LOCATION_TEMPLATES))  # each has "{name}"
-    class_names: dict[str, list[str]] | None = None  # label -> names; None: DeepLoc names, else the label itself
-    classes: list[str] | None = None  # candidate classes; None = the labels in the data. Rows outside are dropped
+    templates: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LOCATION_TEMPLATES)
+    )  # each has "{name}"
+    class_names: dict[str, list[str]] | None = (
+        None  # label -> names; None: DeepLoc names, else the label itself
+    )
+    classes: list[str] | None = (
+        None  # candidate classes; None = the labels in the data. Rows outside are dropped
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,10 +66,14 @@ class ZeroShotConfig(LabeledDataConfig):
         require(bool(self.templates), "templates must not be empty")
         bad = [t for t in self.templates if "{name}" not in t]
         require(not bad, f"templates without '{{name}}': {bad}")
-        require(self.classes is None or len(set(self.classes)) >= 2, "classes needs at least 2 distinct labels")
+        require(
+            self.classes is None or len(set(self.classes)) >= 2, "classes needs at least 2 distinct labels"
+        )
 
 
-def class_prompts(classes: list[str], templates: list[str], names: dict[str, list[str]] | None) -> dict[str, list[str]]:
+def class_prompts(
+    classes: list[str], templates: list[str], names: dict[str, list[str]] | None
+) -> dict[str, list[str]]:
     """Prompts per class: every name of the class in every template."""
     out = {}
     for c in classes:

@@ -69,5 +69,7 @@ def global_contrastive_loss(
     labels = torch.arange(logits_pt.shape[0], device=protein.device) + g.row_offset
     loss = (F.cross_entropy(logits_pt, labels) + F.cross_entropy(logits_tp, labels)) / 2
     with torch.no_grad():
-        acc = ((logits_pt.argmax(-1) == labels).float().mean() + (logits_tp.argmax(-1) == labels).float().mean()) / 2
+        acc = (
+            (logits_pt.argmax(-1) == labels).float().mean() + (logits_tp.argmax(-1) == labels).float().mean()
+        ) / 2
     return {"loss_gc": loss, "gc_accuracy": acc, "logit_scale": scale.detach()}

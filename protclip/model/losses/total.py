@@ -37,10 +37,14 @@ class ProtCLIPLoss:
         model_cfg = model_cfg or ModelConfig()
         self.cfg, self.mode, self.pda_threshold = cfg, model_cfg.mode, model_cfg.pda_threshold
 
-    def __call__(self, out: dict[str, torch.Tensor], gather_fn: GatherFn | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, out: dict[str, torch.Tensor], gather_fn: GatherFn | None = None
+    ) -> dict[str, torch.Tensor]:
         cfg, terms = self.cfg, {}
         if cfg.gc:
-            terms |= global_contrastive_loss(out["protein_features"], out["text_features"], out["logit_scale"], gather_fn)
+            terms |= global_contrastive_loss(
+                out["protein_features"], out["text_features"], out["logit_scale"], gather_fn
+            )
         if cfg.mlm:
             terms |= mlm_loss(out["mlm_logits"], out["mlm_labels"])
         if cfg.bsr:

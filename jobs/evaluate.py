@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Run downstream evaluation suites on a ProtCLIP model and log them to MLflow.
+
+    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.export runs/demo/export
+    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.checkpoint runs/demo   # latest checkpoint
+    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.mlflow_run_id <run id> --select '[retrieval]'
+    ray job submit --runtime-env cluster/runtime_env.yaml -- python jobs/evaluate.py --config ... --source.export s3://...
+
+The source is a DCP pre-training checkpoint (or a run folder: its latest complete checkpoint), an export folder
+(protein/ + text/ from save_pretrained, heads.safetensors) or a pre-training MLflow run id. Results go into
+``--run_id`` when given, else into the source's pre-training run (found via its tags), else a new run: metrics
+``eval/<suite>/<metric>`` at the checkpoint's training step, figures under ``eval/step_<N>/``. ``--mode ray`` (default)
+runs each suite as a Ray task (joins RAY_ADDRESS or starts a local instance on 127.0.0.1); ``--mode local`` runs
+them in this process. Prints a JSON summary. Exit codes: 0 all suites ok, 1 a suite failed, 2 config error,
+3 storage error.
+"""
+
+import json
+import sys
+
+import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
+from protclip.cli import EXIT_FAILED, run_main, setup_logging
+
+
+def main(argv: list[str]) -> int:
+    """Evaluate a ProtCLIP checkpoint, export or MLflow run.
+
+    usage: python jobs/evaluate.py --config FILE --source.{checkpoint|export|mlflow_run_id} X [--section.key value ...]
+    (see jobs/configs/evaluate.yaml; exit 1 = a suite failed, 2 = config error, 3 = storage error)
+    """
+    from protclip.config import cli_config
+    from protclip.eval.config import EvaluateConfig
+    from protclip.eval.tasks import run_evaluate
+    from protclip.storage import redact
+
+    setup_logging()
+    cfg = cli_config(EvaluateConfig, argv)
+    summary = run_evaluate(cfg)
+    print(redact(json.dumps(summary, indent=1, default=str)))
+    return EXIT_FAILED if any(r.get("status") != "ok" for r in summary["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

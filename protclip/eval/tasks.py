@@ -1,0 +1,427 @@
+"""Downstream evaluation as Ray tasks: one ``@ray.remote`` task per suite (resources from config) that loads a
+checkpoint, embeds in batches and logs into the pre-training MLflow run; and :class:`EvalScheduler`, which launches
+them during pre-training without ever blocking the training workers.
+
+Where results go (see :mod:`protclip.eval.runner`): INTO the pre-training run, metrics ``eval/<suite>/<metric>``
+at ``step`` = the training step of the checkpoint that was evaluated, figures and a JSON summary under
+``eval/step_<N>/``. A failed suite shows as ``eval/<suite>/failed = 1`` at that step, a status tag and a redacted
+``eval/step_<N>/<suite>_error.txt``; it never touches training.
+
+Why driver-side: the scheduler runs in a thread of the job's driver and watches the run folder for committed
+checkpoints (``<storage_path>/<name>/checkpoint_*`` with a complete ``COMMITTED`` manifest). The driver owns the
+eval tasks, so they survive a restart of the training worker group (Ray kills tasks whose owner dies: tasks
+launched from the rank-0 worker would die with it, and with the worker at the end of training), training code
+needs no Ray calls or waits, and the final evaluation can be drained before the run is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from protclip import storage as st
+from protclip.eval.config import EvalScheduleConfig, EvalSuiteConfig
+from protclip.eval.runner import log_failure, run_in_process
+from protclip.eval.sources import ModelSource, committed_checkpoints
+from protclip.model.config import ModelConfig
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["EvalScheduler", "launch_suites", "wait_suites", "suite_task", "run_evaluate"]
+
+
+@ray.remote(max_retries=0)
+def suite_task(
+    source: ModelSource,
+    entries: list[EvalSuiteConfig],
+    run_id: str,
+    tracking_uri: str | None,
+    secrets: list[str],
+    device: str,
+    num_cpus: float,
+) -> list[dict[str, Any]]:
+    """One eval task: load ``source``, run ``entries`` (normally one suite), log into ``run_id``."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(max(1, int(num_cpus)))
+    return run_in_process(source, entries, run_id, tracking_uri, secrets, device)
+
+
+@dataclass
+class _Task:
+    ref: Any  # ray.ObjectRef
+    entry: EvalSuiteConfig
+    step: int
+
+
+def launch_suites(
+    source: ModelSource,
+    entries: Iterable[EvalSuiteConfig],
+    run_id: str,
+    tracking_uri: str | None,
+    *,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    device: str = "auto",
+    secrets: Iterable[str] = (),
+) -> list[_Task]:
+    """Start one task per suite (non-blocking); per-suite ``num_cpus``/``num_gpus`` override the defaults."""
+    tasks = []
+    for entry in entries:
+        cpus = entry.num_cpus if entry.num_cpus is not None else num_cpus
+        gpus = entry.num_gpus if entry.num_gpus is not None else num_gpus
+        ref = suite_task.options(
+            num_cpus=cpus, num_gpus=gpus, name=f"eval:{entry.name}@{source.step}"
+        ).remote(source, [entry], run_id, tracking_uri, list(secrets), device, cpus)
+        tasks.append(_Task(ref, entry, source.step))
+    return tasks
+
+
+def _collect(task: _Task, logger) -> list[dict[str, Any]]:
+    """The result of a finished task; a task that died (worker crash, OOM kill, cancel) is reported from here."""
+    try:
+        return ray.get(task.ref)
+    except Exception as e:  # RayTaskError, WorkerCrashedError, TaskCancelledError, OutOfMemoryError
+        detail = (
+            f"the eval task for {task.entry.name} at step {task.step} did not finish: {type(e).__name__}\n{e}"
+        )
+        log_failure(logger, task.entry.name, task.step, detail, where="driver")
+        return [
+            {"name": task.entry.name, "step": task.step, "status": "failed", "error": st.redact(str(e))[:500]}
+        ]
+
+
+def wait_suites(tasks: list[_Task], logger, timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """Wait for ``tasks`` (``jobs/evaluate.py``); unfinished ones at the timeout are cancelled and reported."""
+    refs = [t.ref for t in tasks]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    out = []
+    for t in tasks:
+        if t.ref in ready:
+            out.extend(_collect(t, logger))
+        else:
+            ray.cancel(t.ref, force=True)
+            log_failure(
+                logger, t.entry.name, t.step, f"not finished after {timeout_s} s; cancelled", where="driver"
+            )
+            out.append({"name": t.entry.name, "step": t.step, "status": "failed", "error": "timeout"})
+    return out
+
+
+@dataclass
+class _Round:
+    step: int
+    uri: str
+    tasks: list[_Task] = field(default_factory=list)
+
+
+class EvalScheduler:
+    """Launches evaluation rounds on new checkpoints of a running pre-training job, never blocking it.
+
+    A round = one :func:`suite_task` per configured suite on one checkpoint. Due: the first checkpoint at or past
+    each multiple of ``every_steps`` (checkpoints only exist every ``train.ckpt_every`` steps). At most
+    ``max_in_flight`` rounds run; when busy, the newest due checkpoint waits in ONE slot, replacing an older
+    waiting one, which is skipped (``eval/skipped_rounds`` counts them), so evals never pile up behind training.
+    Checkpoints present when :meth:`start` runs (a resumed job) are not re-evaluated.
+
+    Use: ``start()`` before ``trainer.fit()``, ``close()`` after it (or as a context manager). ``on_checkpoint``
+    may also be called directly with a committed checkpoint URI and its step (no watching needed then).
+    """
+
+    def __init__(
+        self,
+        cfg: EvalScheduleConfig,
+        *,
+        model_cfg: ModelConfig,
+        run_id: str,
+        tracking_uri: str | None,
+        watch_uri: str | None = None,
+        storage: st.StorageConfig | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        from protclip.tracking import RunLogger
+
+        if not run_id:
+            raise ValueError("EvalScheduler needs the MLflow run id to log into")
+        self.cfg = cfg
+        self.entries = [e.resolved() for e in cfg.suites]
+        self.model_cfg = model_cfg
+        self.run_id, self.tracking_uri = run_id, tracking_uri
+        self.watch_uri = watch_uri
+        self.storage = (storage or st.StorageConfig()).resolved()
+        self.secrets = [s for s in secrets if s]
+        self.logger = RunLogger(run_id, tracking_uri, self.secrets)  # driver-side reports (crashes, skips)
+        self.results: list[dict[str, Any]] = []  # one per finished suite task
+        self.launched: list[tuple[int, float]] = []  # (step, time.time()) of each round started
+        self.skipped: list[int] = []  # steps of rounds dropped because a newer checkpoint replaced them
+        self._rounds: list[_Round] = []
+        self._pending: tuple[int, str] | None = None
+        self._seen: set[str] = set()
+        self._handled_steps: set[int] = set()
+        self._last_bucket = 0
+        self._latest: tuple[int, str] | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_pretrain(cls, cfg: Any, run_id: str | None, tracking_uri: str | None) -> EvalScheduler | None:
+        """From a ``PretrainConfig`` (its ``eval`` section); None when periodic evaluation is off or untracked."""
+        from protclip.tracking import secrets_of
+
+        ev: EvalScheduleConfig = cfg.eval
+        if not ev.enabled:
+            return None
+        if not run_id:
+            _log.warning(
+                "eval.every_steps is set but MLflow tracking is disabled: periodic evals are not run"
+            )
+            return None
+        return cls(
+            ev,
+            model_cfg=cfg.model,
+            run_id=run_id,
+            tracking_uri=tracking_uri,
+            watch_uri=st.join(cfg.storage.storage_path, cfg.storage.name),
+            storage=cfg.storage.access(),
+            secrets=secrets_of(cfg),
+        )
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> EvalScheduler:
+        """Note the checkpoints already there (not evaluated again), then watch in a daemon thread."""
+        if self.watch_uri:
+            existing = committed_checkpoints(self.watch_uri, self.storage)
+            with self._lock:
+                self._seen.update(uri for _, uri in existing)
+                if existing:
+                    self._latest = existing[-1]
+                    self._handled_steps.update(s for s, _ in existing)
+                    self._last_bucket = existing[-1][0] // self.cfg.every_steps
+            self._thread = threading.Thread(target=self._loop, name="protclip-eval-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> EvalScheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.cfg.poll_interval_s):
+            try:
+                self.poll()
+            except Exception as e:  # storage or MLflow hiccup: evals must never take the training job down
+                _log.warning("eval scheduler poll failed (will retry): %s", st.redact(str(e))[:500])
+
+    def close(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Stop watching; launch the final round (``eval_final``) and wait up to ``timeout_s`` (default
+        ``drain_timeout_s``) for running rounds. Rounds still running then are cancelled and reported as failed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        timeout_s = self.cfg.drain_timeout_s if timeout_s is None else timeout_s
+        try:
+            self.poll()
+            with self._lock:
+                if self.cfg.eval_final and self._latest is not None:
+                    step, uri = self._latest
+                    if step not in self._handled_steps:
+                        self.on_checkpoint(uri, step, force=True)
+        except Exception as e:
+            _log.warning("eval scheduler: final scan failed: %s", st.redact(str(e))[:500])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll(scan=False)
+            with self._lock:
+                busy = bool(self._rounds) or self._pending is not None
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        with self._lock:
+            for rnd in self._rounds:
+                for t in rnd.tasks:
+                    ray.cancel(t.ref, force=True)
+                    log_failure(
+                        self.logger,
+                        t.entry.name,
+                        t.step,
+                        f"still running {timeout_s} s after training ended (eval.drain_timeout_s); cancelled",
+                        where="driver",
+                    )
+                    self.results.append(
+                        {"name": t.entry.name, "step": t.step, "status": "failed", "error": "drain timeout"}
+                    )
+            self._rounds.clear()
+            if self._pending is not None:
+                self.skipped.append(self._pending[0])
+                self._pending = None
+            return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "rounds_launched": len(self.launched),
+                "steps": [s for s, _ in self.launched],
+                "skipped_steps": list(self.skipped),
+                "failed": [r for r in self.results if r.get("status") != "ok"],
+                "ok": sum(r.get("status") == "ok" for r in self.results),
+            }
+
+    # ------------------------------------------------------------------------------------------ scheduling
+    def on_checkpoint(self, uri: str, step: int, *, force: bool = False) -> str:
+        """A committed checkpoint exists at ``uri``: launch a round now, queue it, or ignore it (not due).
+
+        Returns ``"launched"``, ``"queued"``, ``"not_due"`` or ``"duplicate"``. Never blocks.
+        """
+        with self._lock:
+            if self._latest is None or step >= self._latest[0]:
+                self._latest = (step, uri)
+            if step in self._handled_steps:
+                return "duplicate"
+            bucket = step // self.cfg.every_steps
+            if not force and bucket <= self._last_bucket:
+                return "not_due"
+            self._last_bucket = max(self._last_bucket, bucket)
+            self._handled_steps.add(step)
+            if len(self._rounds) < self.cfg.max_in_flight:
+                self._launch(step, uri)
+                return "launched"
+            if self._pending is not None:
+                self._skip(self._pending[0])
+            self._pending = (step, uri)
+            return "queued"
+
+    def _skip(self, step: int) -> None:
+        self.skipped.append(step)
+        _log.info(
+            "eval round for step %d skipped: a newer checkpoint is due while %d round(s) run",
+            step,
+            len(self._rounds),
+        )
+        try:
+            self.logger.log_metrics({"eval/skipped_rounds": float(len(self.skipped))}, step=step)
+        except Exception as e:
+            _log.warning("could not log eval/skipped_rounds: %s", st.redact(str(e))[:300])
+
+    def _launch(self, step: int, uri: str) -> None:
+        source = ModelSource(
+            "checkpoint", uri, self.model_cfg, step, self.run_id, self.storage, self.tracking_uri
+        )
+        tasks = launch_suites(
+            source,
+            self.entries,
+            self.run_id,
+            self.tracking_uri,
+            num_cpus=self.cfg.num_cpus,
+            num_gpus=self.cfg.num_gpus,
+            device=self.cfg.device,
+            secrets=self.secrets,
+        )
+        self._rounds.append(_Round(step, uri, tasks))
+        self.launched.append((step, time.time()))
+        _log.info("eval round launched for step %d (%d suites) on %s", step, len(tasks), st.redact(uri))
+
+    def poll(self, scan: bool = True) -> None:
+        """Reap finished tasks, look for new checkpoints (``scan``), start the waiting round if there is room."""
+        self._reap()
+        if scan and self.watch_uri:
+            with self._lock:
+                seen = set(self._seen)
+            for step, uri in committed_checkpoints(self.watch_uri, self.storage, skip=seen):
+                with self._lock:
+                    self._seen.add(uri)
+                self.on_checkpoint(uri, step)
+        with self._lock:
+            if self._pending is not None and len(self._rounds) < self.cfg.max_in_flight:
+                step, uri = self._pending
+                self._pending = None
+                self._launch(step, uri)
+
+    def _reap(self) -> None:
+        with self._lock:
+            tasks = [t for r in self._rounds for t in r.tasks]
+        if not tasks:
+            return
+        ready, _ = ray.wait([t.ref for t in tasks], num_returns=len(tasks), timeout=0)
+        if not ready:
+            return
+        done = set(ready)
+        finished: list[dict[str, Any]] = []
+        for t in tasks:
+            if t.ref in done:
+                try:
+                    finished.extend(_collect(t, self.logger))
+                except Exception:  # even reporting failed (MLflow down): keep the scheduler alive, say so
+                    _log.error(
+                        "eval %s at step %d: result could not be reported:\n%s",
+                        t.entry.name,
+                        t.step,
+                        st.redact(traceback.format_exc()),
+                    )
+                    finished.append(
+                        {"name": t.entry.name, "step": t.step, "status": "failed", "error": "unreported"}
+                    )
+        with self._lock:
+            for r in self._rounds:
+                r.tasks = [t for t in r.tasks if t.ref not in done]
+            self._rounds = [r for r in self._rounds if r.tasks]
+            self.results.extend(finished)
+
+
+def run_evaluate(cfg: Any) -> dict[str, Any]:
+    """``jobs/evaluate.py``: resolve the source, pick the run to log into, run the chosen suites (Ray tasks or in
+    this process), return a summary. The run: ``cfg.run_id``, else the source's pre-training run, else a new one."""
+    from protclip.config import ConfigError
+    from protclip.eval.sources import resolve_source
+    from protclip.runtime import init_ray
+    from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
+
+    if not cfg.tracking.enabled:
+        raise ConfigError("tracking.enabled is false: evaluate logs its results to MLflow and needs tracking")
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    source = resolve_source(cfg.source, cfg.storage, tracking_uri, config_run_id=cfg.run_id)
+    run_id = cfg.run_id or source.run_id
+    if run_id is None:
+        run_id = open_run(
+            cfg.tracking,
+            cfg.tracking.run_name or "evaluate",
+            cfg,
+            tags={"protclip.job": "evaluate", "protclip.eval_source": source.describe()},
+        )
+    assert run_id is not None
+    entries = [e.resolved() for e in cfg.chosen()]
+    secrets = secrets_of(cfg)
+    _log.info(
+        "evaluating %s at step %d: %s -> MLflow run %s (%s)",
+        source.describe(),
+        source.step,
+        [e.name for e in entries],
+        run_id,
+        cfg.mode,
+    )
+    if cfg.mode == "local":
+        results = run_in_process(source, entries, run_id, tracking_uri, secrets, cfg.device)
+    else:
+        init_ray()
+        tasks = launch_suites(
+            source,
+            entries,
+            run_id,
+            tracking_uri,
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+            device=cfg.device,
+            secrets=secrets,
+        )
+        results = wait_suites(tasks, RunLogger(run_id, tracking_uri, secrets))
+    return {"run_id": run_id, "step": source.step, "source": source.describe(), "results": results}

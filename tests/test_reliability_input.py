@@ -1,0 +1,364 @@
+"""Reliability: bad input (docs/reliability.md §2).
+
+A fuzzed UniProt flat file is assembled from the real samples plus damaged units at known byte offsets
+(truncated records, garbage lines, binary junk, wrong SQ/ID lengths, bad CRC, unknown line codes, lowercase or
+invalid residues, an empty record, a 100k-residue entry, non-standard residues, CRLF line ends, a record cut at
+EOF). The guarantee checked, unit by unit: every good entry is kept (same accession, same byte offset, same
+sequence), every bad unit is reported exactly once at its byte offset, nothing else appears, and the counts add
+up. The same file goes through the distributed build job (Ray Data, small chunks, plus an empty input file),
+whose Parquet rows and ``malformed.jsonl`` must equal the pure parser's result.
+
+Also: truncated ``.gz`` downloads, empty/whitespace/binary-only files, the documented residue policy (parser and
+tokenizer) and corrupt or schema-mismatched Parquet shards (one error naming each bad file).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from protclip.data.uniprot import MalformedRecord, UniProtRecord, iter_records, parse_file
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+LONG_LEN = 100_000
+
+
+# ------------------------------------------------------------------------------------------------ fuzz file
+
+
+def crc64(seq: str) -> str:
+    """SWISS-PROT CRC64, written independently of the parser's vectorised one."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xD800000000000000 if c & 1 else c >> 1
+        table.append(c)
+    crc = 0
+    for b in seq.encode():
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return f"{crc:016X}"
+
+
+def split_records(data: bytes) -> list[bytes]:
+    return [r + b"\n//\n" for r in data.split(b"\n//\n")[:-1]] if data.endswith(b"\n//\n") else []
+
+
+def accession_of(rec: bytes) -> str:
+    m = re.search(rb"^AC   (\w+);", rec, re.M)
+    assert m, rec[:80]
+    return m.group(1).decode()
+
+
+def with_sequence(rec: bytes, acc: str, seq: str, *, sq_len: int | None = None, crc: str | None = None) -> bytes:
+    """A copy of ``rec`` with a new accession and sequence (ID/SQ lines, CRC rebuilt; FT lines dropped)."""
+    text = rec.decode()
+    head = text[: text.index("\nSQ   ") + 1]
+    lines = [ln for ln in head.splitlines() if not ln.startswith(("FT   ", "AC   "))]
+    n = len(seq) if sq_len is None else sq_len
+    lines[0] = re.sub(r"\s+\d+ AA\.$", f"{n:>9} AA.", lines[0])
+    lines.insert(1, f"AC   {acc};")
+    body = [f"SQ   SEQUENCE {n:>5} AA;  {110 * n:>6} MW;  {crc or crc64(seq)} CRC64;"]
+    for i in range(0, len(seq), 60):
+        body.append("     " + " ".join(seq[j : j + 10] for j in range(i, min(i + 60, len(seq)), 10)))
+    return ("\n".join(lines + body) + "\n//\n").encode()
+
+
+@dataclass
+class Unit:
+    kind: str  # "good" or the kind of damage
+    data: bytes
+    accession: str | None = None  # good units
+    sequence: str | None = None  # good synthetic units: the exact sequence to find back
+    reason: str | None = None  # bad units: a regex the reported reason must match
+
+
+@dataclass
+class Fuzz:
+    data: bytes
+    units: list[Unit]
+    offsets: list[int]
+
+    @property
+    def good(self) -> list[tuple[int, Unit]]:
+        return [(o, u) for o, u in zip(self.offsets, self.units, strict=True) if u.kind == "good"]
+
+    @property
+    def bad(self) -> list[tuple[int, Unit]]:
+        return [(o, u) for o, u in zip(self.offsets, self.units, strict=True) if u.kind != "good"]
+
+
+def make_fuzz(real: bytes, seed: int = 7) -> Fuzz:
+    """Real records interleaved with one damaged unit of each kind (and three synthetic good records)."""
+    rng = random.Random(seed)
+    recs = split_records(real)
+    assert len(recs) == 103
+    tmpl = recs[0]  # TrEMBL entry without FT lines
+    seq0 = "".join(rng.choice(AA) for _ in range(120))
+
+    def cut_line(r: bytes, frac: float) -> bytes:  # at a line start (the record simply stops)
+        return r[: r.rfind(b"\n", 0, int(len(r) * frac)) + 1]
+
+    def cut_mid(r: bytes, frac: float) -> bytes:  # in the middle of a line (no newline at the end)
+        k = int(len(r) * frac)
+        while r[k - 1 : k] in (b"\n", b" "):
+            k += 1
+        return r[:k]
+
+    def junk(n: int, newline_end: bool) -> bytes:
+        b = bytes(rng.randrange(256) for _ in range(n)).replace(b"//", b"/x").replace(b"ID   ", b"IX   ")
+        return b.rstrip(b"\n") + b"\n" if newline_end else b.replace(b"\n", b" ")
+
+    bad_units = [
+        Unit("truncated_at_line", cut_line(recs[5], 0.5), reason="truncated"),
+        Unit("truncated_mid_line", cut_mid(recs[6], 0.4), reason="."),
+        Unit("garbage_lines", b"this is not a UniProt line\n12345 garbage\n\tmore junk\n", reason="."),
+        Unit("binary_junk", junk(700, newline_end=True), reason="."),
+        Unit("binary_junk_no_newline", junk(300, newline_end=False), reason="."),
+        Unit("unknown_line_code", recs[7].replace(b"\nDE   ", b"\nQQ   mystery line\nDE   ", 1), reason="line code"),
+        Unit("wrong_sq_length", with_sequence(tmpl, "Q9RLB1", seq0, sq_len=121), reason="length"),
+        Unit("wrong_id_length", with_sequence(tmpl, "Q9RLB2", seq0).replace(b"      120 AA.", b"      999 AA.", 1),
+             reason="length"),
+        Unit("bad_crc", with_sequence(tmpl, "Q9RLB3", seq0, crc="0123456789ABCDEF"), reason="CRC64"),
+        Unit("lowercase_residues", with_sequence(tmpl, "Q9RLB4", seq0[:60] + seq0[60:].lower()),
+             reason="invalid residue"),
+        Unit("invalid_residues", with_sequence(tmpl, "Q9RLB5", seq0[:50] + "J*1" + seq0[53:]),
+             reason="invalid residue"),
+        Unit("missing_id_line", recs[8][recs[8].index(b"\n") + 1 :], reason="ID"),
+        Unit("missing_sq_block", re.sub(rb"\nSQ   .*?\n//\n", b"\n//\n", recs[9], flags=re.S), reason="SQ"),
+        Unit("non_utf8_bytes", recs[10].replace(b"\nDE   ", b"\nDE   \xff\xfe\xc3(", 1), reason="."),
+        Unit("empty_record", b"//\n", reason="empty"),
+        Unit("bad_pe_line", re.sub(rb"\nPE   \d", b"\nPE   9", recs[11], count=1), reason="PE"),
+    ]  # fmt: skip
+    synthetic = [
+        Unit("good", with_sequence(tmpl, "Q9REL1", s := "".join(rng.choice(AA) for _ in range(LONG_LEN))),
+             "Q9REL1", s),
+        Unit("good", with_sequence(tmpl, "Q9REL2", s2 := seq0[:40] + "UOBZX" + seq0[45:]), "Q9REL2", s2),
+        Unit("good", recs[12].replace(b"\n", b"\r\n"), accession_of(recs[12])),  # CRLF: accepted
+    ]  # fmt: skip
+    damaged = {5, 6, 7, 8, 9, 10, 11, 12}  # used above in damaged (or re-encoded) form
+    goods = [Unit("good", r, accession_of(r)) for i, r in enumerate(recs) if i not in damaged]
+    units: list[Unit] = [Unit("leading_junk", b"junk before the first entry\n", reason=".")]
+    pool = synthetic + goods[:-1]
+    for i, u in enumerate(bad_units):  # good, bad, good, bad, ...: every bad unit is followed by a good one
+        units += [pool[i], u]
+    units += pool[len(bad_units):]
+    units.append(Unit("truncated_at_eof", cut_mid(goods[-1].data, 0.6), reason="truncated"))
+    offsets, pos = [], 0
+    for u in units:
+        offsets.append(pos)
+        pos += len(u.data)
+    return Fuzz(b"".join(u.data for u in units), units, offsets)
+
+
+@pytest.fixture(scope="module")
+def fuzz(uniprot_dat) -> Fuzz:
+    return make_fuzz(uniprot_dat.read_bytes())
+
+
+def check_against_units(fz: Fuzz, records: list[UniProtRecord], errors: list[MalformedRecord]) -> None:
+    """The guarantee, unit by unit (shared by the pure parser and the build job checks)."""
+    got_good = {r.source_offset: r for r in records}
+    got_bad = {e.byte_offset: e for e in errors}
+    lost = [(o, u.accession) for o, u in fz.good if o not in got_good or got_good[o].accession != u.accession]
+    assert not lost, f"good records lost: {lost}"
+    for o, u in fz.good:
+        if u.sequence is not None:
+            assert got_good[o].sequence == u.sequence
+    unreported = [(o, u.kind) for o, u in fz.bad if o not in got_bad]
+    assert not unreported, f"bad units not reported: {unreported}"
+    for o, u in fz.bad:
+        assert re.search(u.reason or ".", got_bad[o].reason, re.I), (u.kind, got_bad[o].reason)
+    assert len(records) == len(fz.good) and len(errors) == len(fz.bad), "extra results besides the units"
+    assert len(records) + len(errors) == len(fz.units)
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def test_fuzzed_uniprot_keeps_every_good_record_and_reports_every_bad_one(fuzz, tmp_path):
+    path = tmp_path / "fuzz.dat"
+    path.write_bytes(fuzz.data)
+    rep = parse_file(path)
+    check_against_units(fuzz, rep.records, rep.errors)
+    for e in rep.errors:  # a report names file, line and byte offset
+        assert e.source == str(path) and e.line is not None and str(e).startswith(f"{path}:{e.line} (byte ")
+    assert len(fuzz.bad) >= 17 and len(fuzz.good) >= 98
+    # streaming in tiny blocks (boundaries everywhere) and from a .gz give exactly the same results
+    streamed = list(iter_records(_Trickle(fuzz.data, 4093), str(path)))
+    assert [(type(r), getattr(r, "source_offset", getattr(r, "byte_offset", None))) for r in streamed] == [
+        (type(r), getattr(r, "source_offset", getattr(r, "byte_offset", None))) for r in _in_order(rep)]
+    gz = tmp_path / "fuzz.dat.gz"
+    gz.write_bytes(gzip.compress(fuzz.data))
+    rep_gz = parse_file(gz, source_name=str(path))
+    assert [r.accession for r in rep_gz.records] == [r.accession for r in rep.records]
+    assert [(e.byte_offset, e.reason) for e in rep_gz.errors] == [(e.byte_offset, e.reason) for e in rep.errors]
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that returns at most ``n`` bytes per read (record boundaries straddle reads)."""
+
+    def __init__(self, data: bytes, n: int) -> None:
+        self._b, self._n, self._pos = data, n, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        k = self._n if size < 0 else min(size, self._n)
+        out = self._b[self._pos : self._pos + k]
+        self._pos += len(out)
+        return out
+
+
+def _in_order(rep) -> list:
+    return sorted(rep.records + rep.errors,
+                  key=lambda r: r.source_offset if isinstance(r, UniProtRecord) else r.byte_offset)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n   \n\t\n", b"\r\n\r\n"], ids=["empty", "whitespace", "crlf-blank"])
+def test_empty_files_parse_to_nothing(tmp_path, content):
+    p = tmp_path / "e.dat"
+    p.write_bytes(content)
+    rep = parse_file(p)
+    assert rep.records == [] and rep.errors == []
+
+
+def test_binary_only_file_is_one_report(tmp_path):
+    p = tmp_path / "b.dat"
+    p.write_bytes(bytes(range(256)) * 40)
+    rep = parse_file(p)
+    assert rep.records == [] and len(rep.errors) == 1 and rep.errors[0].byte_offset == 0
+
+
+def test_truncated_gzip_keeps_complete_records_and_reports_the_damage(uniprot_dat, tmp_path):
+    """A download that died: every complete entry before the cut is kept, the cut is reported (not an EOFError
+    that loses everything and names no file)."""
+    data = uniprot_dat.read_bytes()
+    gz = gzip.compress(data)
+    p = tmp_path / "cut.dat.gz"
+    p.write_bytes(gz[: len(gz) // 2])
+    rep = parse_file(p)
+    recs = split_records(data)
+    assert len(rep.records) >= 30
+    assert [r.accession for r in rep.records] == [accession_of(r) for r in recs[: len(rep.records)]]
+    assert rep.errors, "the truncation must be reported"
+    assert all(e.source == str(p) for e in rep.errors)
+    assert re.search(r"truncat|compress|gzip|end of", rep.errors[-1].reason, re.I), rep.errors[-1].reason
+
+
+# ------------------------------------------------------------------------------------------------ residues
+
+
+def test_non_standard_residues_policy(fuzz):
+    """Documented policy (protclip/data/uniprot.py, tokenizers.py): U, O, B, Z, X are valid and kept as is;
+    lowercase or other characters make the record malformed; the ESM tokenizer maps U/O/B/Z/X to their own ids,
+    lowercase to the upper-case residue and anything else to <unk>."""
+    from protclip.data.tokenizers import ESM_UNK, ESM_VOCAB, ProteinTokenizer
+
+    rep = list(iter_records(io.BytesIO(fuzz.data), "fuzz"))
+    nonstd = next(r for r in rep if isinstance(r, UniProtRecord) and r.accession == "Q9REL2")
+    assert "UOBZX" in nonstd.sequence
+    low = next(r for r in rep if isinstance(r, MalformedRecord) and r.accession == "Q9RLB4")
+    assert "invalid residue" in low.reason
+    tok = ProteinTokenizer()
+    ids = tok.encode_residues("UOBZX")
+    assert [ESM_VOCAB[i] for i in ids] == list("UOBZX")
+    assert tok.encode_residues("acdk").tolist() == tok.encode_residues("ACDK").tolist()
+    assert tok.encode_residues("J*1").tolist() == [ESM_UNK] * 3
+
+
+# ------------------------------------------------------------------------------------------------ parquet
+
+
+def _protanno_table(uniprot_dat: Path, n: int = 40) -> pa.Table:
+    from protclip.data.schema import record_to_row, rows_to_table
+
+    return rows_to_table([record_to_row(r) for r in parse_file(uniprot_dat).records[:n]])
+
+
+def test_corrupt_parquet_shards_named_in_one_error(uniprot_dat, tmp_path):
+    """Every kind of broken shard fails up front (before Ray) with ONE error that names each bad file."""
+    from protclip.data.parquet_files import ProtAnnoFileError, inspect_parquet
+
+    table = _protanno_table(uniprot_dat)
+    good = tmp_path / "part-00000.parquet"
+    pq.write_table(table, good, row_group_size=10)
+    raw = good.read_bytes()
+    (tmp_path / "part-00001-truncated.parquet").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "part-00002-empty.parquet").write_bytes(b"")
+    (tmp_path / "part-00003-junk.parquet").write_bytes(bytes(random.Random(3).randrange(256) for _ in range(5000)))
+    pq.write_table(table.drop_columns(["sequence"]), tmp_path / "part-00004-nocol.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("length"), "length",
+                                    table["length"].cast(pa.string())), tmp_path / "part-00005-type.parquet")
+    meta = {b"protclip.schema_version": b"99"}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "part-00006-version.parquet")
+    with pytest.raises(ProtAnnoFileError) as ei:
+        inspect_parquet(str(tmp_path))
+    msg = str(ei.value)
+    assert msg.startswith("6 of 7 Parquet file(s)")
+    for i, name in enumerate(("truncated", "empty", "junk", "nocol", "type", "version"), start=1):
+        assert f"part-0000{i}-{name}.parquet" in msg, name
+    assert "part-00000.parquet" not in msg and "Traceback" not in msg
+
+
+def test_corrupt_data_page_behind_a_valid_footer_is_named(uniprot_dat, tmp_path):
+    """Damage the footer check cannot see (a flipped data page) surfaces when the row group is read, as one error
+    naming the file and row group, not a decoder stack trace."""
+    from protclip.data.parquet_files import ProtAnnoFileError, inspect_parquet, read_fragment
+
+    table = _protanno_table(uniprot_dat)
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(table, path, row_group_size=20, compression="zstd")
+    inv = inspect_parquet(str(tmp_path))
+    md = pq.ParquetFile(path).metadata
+    col = md.row_group(1).column(md.schema.to_arrow_schema().names.index("sequence"))
+    start = col.data_page_offset
+    raw = bytearray(path.read_bytes())
+    for k in range(start + 40, start + col.total_compressed_size - 8):
+        raw[k] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ProtAnnoFileError, match=r"part-00000\.parquet: cannot read row group 1"):
+        read_fragment(inv.fs, inv.fragments[1], ["accession", "sequence"], str(tmp_path))
+    assert read_fragment(inv.fs, inv.fragments[0], ["accession", "sequence"], str(tmp_path)).num_rows == 20
+
+
+# ------------------------------------------------------------------------------------------------ build job
+
+
+@pytest.mark.ray
+def test_build_job_on_fuzzed_input_loses_nothing(ray_local, fuzz, tmp_path):
+    """The distributed build (Ray Data, ~30 record-aligned chunks) on the fuzzed file plus an empty file: Parquet
+    rows and malformed.jsonl equal the pure parser's results; manifest counts add up."""
+    from protclip.data.build import BuildConfig, run_build
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "fuzz.dat").write_bytes(fuzz.data)
+    (src / "zz-empty.dat").write_bytes(b"")
+    out = tmp_path / "protanno"
+    res = run_build(BuildConfig(inputs=[str(src)], output=str(out), chunk_bytes=64 << 10, rows_per_shard=40))
+    m = res.manifest
+    assert m["seen"] == m["parsed"] + m["malformed"] and m["rows"] == m["parsed"]
+    rows = pq.read_table(out).to_pylist()
+    errors = [json.loads(x) for x in (out / "malformed.jsonl").read_text().splitlines()]
+    assert len(errors) == m["malformed"] and len(rows) == m["rows"]
+    as_records = [UniProtRecord(accession=r["accession"], secondary_accessions=[], entry_name="", reviewed=False,
+                                organism=None, taxon_id=None, protein_existence=1, protein_name="", function=None,
+                                subcellular_location=None, similarity=None, sequence=r["sequence"],
+                                source_offset=r["source_offset"]) for r in rows]  # fmt: skip
+    as_errors = [MalformedRecord(e["source"], e["byte_offset"], e["line"], e["accession"], e["reason"])
+                 for e in errors]
+    check_against_units(fuzz, as_records, as_errors)
+    pure = parse_file(src / "fuzz.dat")
+    assert sorted((e["byte_offset"], e["reason"]) for e in errors) == sorted(
+        (e.byte_offset, e.reason) for e in pure.errors)
