@@ -46,6 +46,11 @@ PUBMEDBERT = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_a
                   hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def build(attention: str, device: torch.device):
     from protclip.model.attention import register_backends, resolve_backend
     from protclip.model.protclip import ProtCLIPModel
@@ -113,19 +118,21 @@ def run_steps(attention: str, b: int, lp: int, lt: int, ls: int, steps: int, war
 
     flops_of = step_flops_fn(model, _Cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    parallelize(model, device_type="cuda", param_dtype=torch.bfloat16, activation_checkpointing=ac)
+    bf16 = torch.bfloat16 if device.type == "cuda" else None
+    parallelize(model, device_type=device.type, param_dtype=bf16, activation_checkpointing=ac)
     model.train()
     opt = build_optimizer(model, 1e-5, 0.1, 0.0, (0.9, 0.999), 1e-8)
     loss_fn = ProtCLIPLoss(lcfg, mcfg)
     batch = random_batch(b, lp, lt, ls, device)
-    torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(warmup + steps):
-        torch.cuda.synchronize(device)
+        _sync(device)
         t0 = time.perf_counter()
         vals = forward_backward(model, loss_fn, [batch]).values
         guarded_step(model, opt, None, vals["loss"], 1.0, device)
-        torch.cuda.synchronize(device)
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step_s = sorted(times)[len(times) // 2]
@@ -135,9 +142,11 @@ def run_steps(attention: str, b: int, lp: int, lt: int, ls: int, steps: int, war
            "activation_checkpointing": ac, "params": n_params, "step_s_median": step_s,
            "pairs_per_s": b / step_s, "protein_tokens_per_s": b * lp / step_s, "tflops_per_step": flops / 1e12,
            "achieved_tflops": flops / step_s / 1e12, "mfu": mfu(flops, step_s, 1, peak),
-           "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30, "loss": vals["loss"]}
+           "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0,
+           "loss": vals["loss"]}
     del model, opt
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
@@ -188,7 +197,11 @@ def main() -> int:
     ap.add_argument("--skip-maxlen", action="store_true")
     ap.add_argument("--maxlen-batch", type=int, default=4)
     ap.add_argument("--out", type=str, default=None)
+    ap.add_argument("--tiny-cpu-smoke", action="store_true",
+                    help="check the script itself on a CPU: tiny towers, gloo, 2 steps (numbers meaningless)")
     args = ap.parse_args()
+    if args.tiny_cpu_smoke:
+        return _smoke()
     if not torch.cuda.is_available():
         print("gpu_mfu.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -216,6 +229,29 @@ def main() -> int:
     print(md)
     if args.out:
         Path(args.out).write_text(md)
+    return 0
+
+
+def _smoke() -> int:
+    """Same code path on CPU with tiny towers (so a GPU box does not find trivial bugs first)."""
+    ESM2_650M.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    PUBMEDBERT.update(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128)
+    global random_batch
+    full = random_batch
+
+    def small_vocab(b, lp, lt, ls, device, seed=0):
+        out = full(b, lp, lt, ls, device, seed)
+        for k in ("text_input_ids", "subtext_input_ids"):
+            out[k] = out[k] % 1000
+        return out
+
+    random_batch = small_vocab
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29534"))
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    r = run_steps("sdpa", 2, 64, 32, 16, steps=2, warmup=1, ac=True, device=torch.device("cpu"))
+    torch.distributed.destroy_process_group()
+    print(json.dumps(r))
     return 0
 
 

@@ -73,6 +73,10 @@ def run_biopython(path: Path) -> tuple[int, int]:
     return n, 0
 
 
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def machine() -> dict[str, str]:
     cpu = platform.processor() or "unknown"
     try:
@@ -97,7 +101,7 @@ def machine() -> dict[str, str]:
         bio = "not installed"
     import numpy
 
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    load = _load()
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
@@ -145,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:40s} {r['rate_wall']:9.0f} entries/s wall  {r['rate_cpu']:9.0f} entries/s CPU",
                 flush=True,
             )
-    info["load_after"] = (
-        " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    )
+    info["load_after"] = _load()
 
     bio = results.get("Bio.SwissProt")
     lines = [
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|",
         f"| CPU | {info['cpu']} |",
         f"| cores | {info['cores']} (single process used) |",
-        f"| load average (1/5/15 min) before / after | {info['load']} / {info['load_after']} |",
+        f"| load average (1/5/15 min) | before: {info['load']}; after: {info['load_after']} |",
         f"| platform | {info['platform']} |",
         f"| Python | {info['python']} |",
         f"| Biopython | {info['biopython']} |",

@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import protclip.runtime  # noqa: E402,F401  (loopback Ray)
 import torch  # noqa: E402
+
+import protclip.runtime  # noqa: E402,F401  (loopback Ray)
 
 
 def _setup(seed: int = 0):

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     """
     from protclip.config import cli_config
     from protclip.eval.config import EvaluateConfig
-    from protclip.eval.tasks import run_evaluate
+    from protclip.eval.evaluate import run_evaluate
     from protclip.storage import redact
 
     setup_logging()

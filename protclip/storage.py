@@ -35,7 +35,13 @@ class StorageConfig:
     def __repr__(self) -> str:  # keep secrets out of tracebacks and log lines
         shown = {f.name: (REDACTED if f.name in SECRET_FIELDS and getattr(self, f.name) else getattr(self, f.name))
                  for f in dataclasses.fields(self)}
-        return "StorageConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # @dataclass on a subclass (e.g. RunStorageConfig) would generate a repr that prints the secrets; a
+        # __repr__ already in the class dict is one dataclass leaves alone
+        super().__init_subclass__(**kwargs)
+        cls.__repr__ = StorageConfig.__repr__  # type: ignore[method-assign]
 
     def resolved(self) -> StorageConfig:
         """A copy with endpoint, region and credentials taken from this process's environment where unset.

@@ -83,7 +83,7 @@ def _corrupt(text: str) -> tuple[str, int]:
     """Break three real records in three different ways; returns the text and the number broken."""
     recs = text.split("\n//\n")
     recs[3] = recs[3].replace("\nSQ   SEQUENCE", "\nSQ   SEQUENCE", 1).replace("\n     ", "\n     XX12", 1)
-    recs[10] = "QQ   unknown line code\n" + recs[10]
+    recs[10] = recs[10].replace("\nAC   ", "\nQQ   unknown line code\nAC   ", 1)
     recs[20] = recs[20][: len(recs[20]) // 2]  # truncated in the middle (terminator kept by the join)
     return "\n//\n".join(recs), 3
 
@@ -98,7 +98,8 @@ def test_corrupted_input_is_reported_not_fatal(ray_local, uniprot_dat, tmp_path)
     m = res.manifest
     assert m["rows"] + m["malformed"] == m["seen"]
     assert m["rows"] == 103 - n_bad
-    assert m["malformed"] >= n_bad
+    assert m["malformed"] == n_bad + 1  # + the binary junk after the last entry
+    assert m["malformed_by_reason"], m
     lines = (out / "malformed.jsonl").read_text().splitlines()
     assert len(lines) == m["malformed"]
     for e in map(json.loads, lines):

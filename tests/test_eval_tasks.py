@@ -173,10 +173,8 @@ def test_evals_during_training_log_into_the_training_run(env, trained):
             f"eval/step_{s}/retrieval_similarity.png",
             f"eval/step_{s}/broken_error.txt",
         } <= arts
-        info = json.loads(
-            client.download_artifacts(run_id, f"eval/step_{s}/retrieval.json", str(env["tmp"] / f"d{s}"))
-            and Path(env["tmp"] / f"d{s}" / "retrieval.json").read_text()
-        )
+        got = client.download_artifacts(run_id, f"eval/step_{s}/retrieval.json", str(env["tmp"] / f"d{s}"))
+        info = json.loads(Path(got).read_text())
         assert info["checkpoint_step"] == s and info["step"] == s and info["protein_space"] == "joint"
         assert f"checkpoint_{s:09d}" in info["source"]
     # the broken suite failed in every round, was reported, and its secret-bearing message is redacted
@@ -195,7 +193,18 @@ def test_evals_during_training_log_into_the_training_run(env, trained):
 
 
 def test_evaluate_job_on_the_mlflow_run_reproduces_checkpoint_metrics(env, trained, tmp_path, capsys):
-    """--source.mlflow_run_id finds the run's export on S3; the export equals the step-6 checkpoint."""
+    """--source.mlflow_run_id finds the run's export on S3; the export equals the step-6 checkpoint. A
+    multi-label probe on tower embeddings adds its PR curve."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    seqs = [
+        "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=int(rng.integers(20, 50)))) for _ in range(60)
+    ]
+    labels = [";".join(f"L{j}" for j in range(3) if rng.random() < 0.4) or "L0" for _ in seqs]
+    pd.DataFrame({"id": [f"G{i}" for i in range(60)], "sequence": seqs, "label": labels}).to_csv(
+        tmp_path / "go.csv", index=False
+    )
     cfg_file = tmp_path / "eval.yaml"
     cfg_file.write_text(
         json.dumps(
@@ -206,7 +215,16 @@ def test_evaluate_job_on_the_mlflow_run_reproduces_checkpoint_metrics(env, train
                         "suite": "retrieval",
                         "name": "retrieval_export",
                         "config": {"path": env["pairs"], "max_examples": 24, "heatmap_size": 8},
-                    }
+                    },
+                    {
+                        "suite": "linear_probe",
+                        "name": "go_probe",
+                        "config": {
+                            "path": str(tmp_path / "go.csv"),
+                            "task_type": "multi_label",
+                            "id_column": "id",
+                        },
+                    },
                 ],
                 "storage": {
                     "endpoint_url": env["endpoint"],
@@ -228,6 +246,16 @@ def test_evaluate_job_on_the_mlflow_run_reproduces_checkpoint_metrics(env, train
     for k in from_export:
         assert list(from_export[k]) == [STEPS]
         assert from_export[k][STEPS] == pytest.approx(from_ckpt[k][STEPS], abs=1e-6)
+    assert list(_steps(client, trained["run_id"], "eval/go_probe/fmax")) == [STEPS]
+    probe = json.loads(
+        Path(
+            client.download_artifacts(trained["run_id"], f"eval/step_{STEPS}/go_probe.json", str(tmp_path))
+        ).read_text()
+    )
+    assert probe["protein_space"] == "tower" and probe["source"].startswith("export:")
+    assert f"eval/step_{STEPS}/go_probe_pr_curve.png" in _artifacts(
+        client, trained["run_id"], f"eval/step_{STEPS}"
+    )
 
 
 def test_evaluate_job_on_an_export_dir_logs_into_a_given_run(env, tmp_path, capsys):
@@ -292,3 +320,28 @@ def test_evaluate_job_on_an_export_dir_logs_into_a_given_run(env, tmp_path, caps
         "eval/step_11/mutation_scatter.png",
         "eval/step_11/deeploc_zero_shot_confusion.png",
     } <= _artifacts(client, run_id, "eval/step_11")
+
+
+def test_an_eval_task_that_dies_is_reported_by_the_driver(env, tmp_path):
+    """A task whose worker process dies (OOM kill, segfault) cannot report itself; the driver does."""
+    import os
+
+    import ray
+
+    from protclip.eval.config import EvalSuiteConfig
+    from protclip.eval.tasks import _collect, _Task
+    from protclip.tracking import RunLogger, TrackingConfig, open_run
+
+    @ray.remote(max_retries=0)
+    def dies() -> None:
+        os._exit(3)
+
+    run_id = open_run(TrackingConfig(experiment="eval-job-test"), "crash")
+    entry = EvalSuiteConfig(suite="retrieval", name="crashy", config={"path": env["pairs"]})
+    out = _collect(_Task(dies.remote(), entry, 5), RunLogger(run_id, env["tracking_uri"], [PLANTED]))
+    assert out[0]["status"] == "failed" and out[0]["step"] == 5
+    client = _client(env["tracking_uri"])
+    assert _steps(client, run_id, "eval/crashy/failed") == {5: 1.0}
+    status = client.get_run(run_id).data.tags["eval/crashy/status"]
+    assert status.startswith("failed at step 5 (driver)")
+    assert "eval/step_5/crashy_error.txt" in _artifacts(client, run_id, "eval/step_5")

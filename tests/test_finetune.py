@@ -144,6 +144,40 @@ def test_protanno_per_residue_labels_and_collation(protanno_parquet):
     assert (b["labels"][1, n0 + 1 :] == -100).all() and (b["attention_mask"][1, n0 + 2 :] == 0).all()
 
 
+def test_table_tasks_multi_label_and_regression(tmp_path):
+    import pandas as pd
+
+    from protclip.eval import metrics as M
+    from protclip.finetune.data import regression_stats
+    from protclip.finetune.evaluate import compute_metrics, prediction_rows
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 30)) for _ in range(60)]
+    labs = [";".join(sorted({"x", "y", "z"}.intersection(rng.choice(["x", "y", "z"], 2)))) for _ in range(60)]
+    pd.DataFrame({"acc": [f"Q{i}" for i in range(60)], "seq": seqs, "go": labs,
+                  "y": rng.normal(5.0, 2.0, 60)}).to_csv(tmp_path / "t.csv", index=False)
+    common = {"path": str(tmp_path / "t.csv"), "sequence_column": "seq", "id_column": "acc"}
+    ml = load_task_data(DataSection(label_column="go", **common), TaskSection(type="multi_label"))
+    assert ml.label_names == ["x", "y", "z"] and all(isinstance(t, list) for t in ml.targets)
+    pw = class_weights(ml, "balanced")
+    n_pos = np.array([sum(k in ml.targets[i] for i in ml.indices("train")) for k in range(3)])
+    np.testing.assert_allclose(pw, (len(ml.indices("train")) - n_pos) / n_pos, rtol=1e-6)
+    spec = TaskSpec(type="multi_label", labels=ml.label_names, threshold=0.5)
+    scores = [rng.random(3) for _ in ml.targets]
+    y = np.array([[k in t for k in range(3)] for t in ml.targets], dtype=float)
+    got = compute_metrics(spec, ml.targets, scores)
+    assert got["fmax"] == pytest.approx(M.fmax(y, np.stack(scores)))
+    assert got["aupr"] == pytest.approx(M.aupr_micro(y, np.stack(scores)))
+    assert prediction_rows(spec, ["a"], [np.array([0.9, 0.1, 0.7])])[0]["prediction"] == "x;z"
+
+    rg = load_task_data(DataSection(label_column="y", **common), TaskSection(type="regression"))
+    mean, std = regression_stats(rg)
+    b = Collator("regression", 1, 32, target_mean=mean, target_std=std)([rg.sequences[0]], [rg.targets[0]])
+    assert b["labels"].item() == pytest.approx((rg.targets[0] - mean) / std, rel=1e-5)
+    m = compute_metrics(TaskSpec(type="regression", labels=["y"]), rg.targets, list(np.asarray(rg.targets) * 2))
+    assert m["spearman"] == pytest.approx(1.0) and m["mae"] == pytest.approx(np.mean(np.abs(rg.targets)))
+
+
 def test_train_and_eval_batches_partition_the_data():
     idx = np.arange(100, 200)
     spe = steps_per_epoch(len(idx), 2, 8)
@@ -280,6 +314,26 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
             if not k.startswith("contact_head"):
                 torch.testing.assert_close(got[k], v, msg=k)
     assert set(ref) <= set(load_tower(from_ckpt.tower).state_dict())
+
+    # mlflow:<run_id> as jobs/pretrain.py leaves it: tag protclip.run_uri -> a run folder with checkpoints only,
+    # the tower geometry from the config.yaml artifact of that run
+    from protclip.tracking import RunLogger, TrackingConfig, open_run
+
+    from protclip.train.checkpoint import TrainState, save_checkpoint
+
+    run_dir = tmp_path / "runs" / "pre"
+    opt = torch.optim.AdamW([q for q in pre.parameters() if q.requires_grad])
+    save_checkpoint(run_dir / "checkpoint_000000010_a", pre, opt, None, TrainState(step=10))  # the real format
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = open_run(TrackingConfig(uri=uri), "pretrain", {"model": {"protein_model": "random"}})
+    RunLogger(run_id, uri).set_tags({"protclip.run_uri": str(run_dir)})
+    via = resolve_base(BaseSection(source=f"mlflow:{run_id}"), str(tmp_path / "m5"), tracking_uri=uri)
+    assert via.kind == "mlflow" and via.parent_run_id == run_id and "checkpoint" in via.info
+    torch.testing.assert_close(load_tower(via.tower).state_dict()["embeddings.word_embeddings.weight"],
+                               want["embeddings.word_embeddings.weight"])
+    # a protclip: run folder is linked to the MLflow run that tagged it
+    linked = resolve_base(BaseSection(source=f"protclip:{run_dir}"), str(tmp_path / "m6"), tracking_uri=uri)
+    assert linked.parent_run_id == run_id
 
 
 def test_wheel_source_loads_real_esm2_8m(tmp_path):

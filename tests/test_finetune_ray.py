@@ -30,7 +30,8 @@ def _cfg(tmp: Path, source: str, deeploc: Path, **extra: str) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def pretrain(tmp_path_factory):
-    """A tiny exported tower plus an MLflow "pre-training" run that points at it (tag protclip.export_dir)."""
+    """A tiny exported tower plus an MLflow "pre-training" run pointing at its run folder as jobs/pretrain.py does
+    (tag ``protclip.run_uri`` = ``<storage_path>/<name>``, which holds ``export/protein``)."""
     from transformers import EsmModel
 
     from protclip.model.config import RandomTowerConfig
@@ -43,7 +44,7 @@ def pretrain(tmp_path_factory):
     EsmModel(tiny_esm_config(geom), add_pooling_layer=False).save_pretrained(tmp / "export" / "protein")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     run_id = open_run(TrackingConfig(uri=uri, experiment="ft-test"), "pretrain")
-    RunLogger(run_id, uri).set_tags({"protclip.export_dir": str(tmp / "export")})
+    RunLogger(run_id, uri).set_tags({"protclip.run_uri": str(tmp)})
     return tmp, run_id
 
 

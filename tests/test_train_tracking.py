@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_open_run_params_tags_artifacts_metrics(tracking, tmp_path):
     log.log_artifact(note, "extra")
     folder = tmp_path / "tower"
     (folder / "sub").mkdir(parents=True)
-    (folder / "config.json").write_text('{"token": "%s"}' % ENV_SECRET)
+    (folder / "config.json").write_text(json.dumps({"token": ENV_SECRET}))
     (folder / "sub" / "w.bin").write_bytes(b"\x00\x01")
     log.log_artifact(folder, "export")
     log.log_dict({"storage": {"secret_access_key": PLANTED}, "k": 1}, "extra/d.json")

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from protclip import storage
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import PROTANNO_SCHEMA, SCHEMA_VERSION, record_to_row
-from protclip.data.uniprot import parse_raw
+from protclip.data.uniprot import parse_raw_batch
 from protclip.data.uniprot_records import MalformedRecord, RawRecord, UniProtRecord
 from protclip.data.uniprot_split import find_record_boundaries, iter_raw_records, iter_record_batches
 
@@ -268,11 +268,13 @@ class ParseBlock:
         if "_error" in batch.column_names:  # TSV: parsed in the read task
             return batch
         d = batch.to_pydict()
-        results = [
-            parse_raw(RawRecord(off, line, data, term), src, self.verify_crc)
-            for src, off, line, data, term in zip(d["source"], d["offset"], d["line"], d["data"], d["terminated"],
-                                                  strict=True)
-        ]
+        by_source: dict[str, list[RawRecord]] = {}
+        for src, off, line, data, term in zip(d["source"], d["offset"], d["line"], d["data"], d["terminated"],
+                                              strict=True):
+            by_source.setdefault(src, []).append(RawRecord(off, line, data, term))
+        results: list[UniProtRecord | MalformedRecord] = []
+        for src, raws in by_source.items():  # one raw record may yield several results (glued entries)
+            results += parse_raw_batch(raws, src, self.verify_crc)
         return _results_table(results)
 
 

@@ -34,7 +34,7 @@ from protclip.model.config import ModelConfig
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["EvalScheduler", "launch_suites", "wait_suites", "suite_task", "run_evaluate"]
+__all__ = ["EvalScheduler", "launch_suites", "wait_suites", "suite_task"]
 
 
 @ray.remote(max_retries=0)
@@ -199,7 +199,13 @@ class EvalScheduler:
     def start(self) -> EvalScheduler:
         """Note the checkpoints already there (not evaluated again), then watch in a daemon thread."""
         if self.watch_uri:
-            existing = committed_checkpoints(self.watch_uri, self.storage)
+            try:
+                existing = committed_checkpoints(self.watch_uri, self.storage)
+            except Exception as e:  # never stop a training job over evals; the watcher retries on each poll
+                _log.warning(
+                    "eval scheduler: cannot list %s yet: %s", st.redact(self.watch_uri), st.redact(str(e))
+                )
+                existing = []
             with self._lock:
                 self._seen.update(uri for _, uri in existing)
                 if existing:
@@ -376,52 +382,3 @@ class EvalScheduler:
                 r.tasks = [t for t in r.tasks if t.ref not in done]
             self._rounds = [r for r in self._rounds if r.tasks]
             self.results.extend(finished)
-
-
-def run_evaluate(cfg: Any) -> dict[str, Any]:
-    """``jobs/evaluate.py``: resolve the source, pick the run to log into, run the chosen suites (Ray tasks or in
-    this process), return a summary. The run: ``cfg.run_id``, else the source's pre-training run, else a new one."""
-    from protclip.config import ConfigError
-    from protclip.eval.sources import resolve_source
-    from protclip.runtime import init_ray
-    from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
-
-    if not cfg.tracking.enabled:
-        raise ConfigError("tracking.enabled is false: evaluate logs its results to MLflow and needs tracking")
-    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
-    source = resolve_source(cfg.source, cfg.storage, tracking_uri, config_run_id=cfg.run_id)
-    run_id = cfg.run_id or source.run_id
-    if run_id is None:
-        run_id = open_run(
-            cfg.tracking,
-            cfg.tracking.run_name or "evaluate",
-            cfg,
-            tags={"protclip.job": "evaluate", "protclip.eval_source": source.describe()},
-        )
-    assert run_id is not None
-    entries = [e.resolved() for e in cfg.chosen()]
-    secrets = secrets_of(cfg)
-    _log.info(
-        "evaluating %s at step %d: %s -> MLflow run %s (%s)",
-        source.describe(),
-        source.step,
-        [e.name for e in entries],
-        run_id,
-        cfg.mode,
-    )
-    if cfg.mode == "local":
-        results = run_in_process(source, entries, run_id, tracking_uri, secrets, cfg.device)
-    else:
-        init_ray()
-        tasks = launch_suites(
-            source,
-            entries,
-            run_id,
-            tracking_uri,
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            device=cfg.device,
-            secrets=secrets,
-        )
-        results = wait_suites(tasks, RunLogger(run_id, tracking_uri, secrets))
-    return {"run_id": run_id, "step": source.step, "source": source.describe(), "results": results}

@@ -37,8 +37,10 @@ from protclip.storage import StorageConfig, filesystem, is_remote, redact
 _log = logging.getLogger(__name__)
 
 EXPORT_SUBDIRS = ("protein", "protein_tower", "export/protein", "export/protein_tower")
-CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "run_config.yaml", "pretrain_config.yaml")
-EXPORT_TAGS = ("protclip.export_dir", "protclip.export_path", "export_dir")
+CONFIG_NAMES = ("config.yaml", "config.yml", "pretrain_config.yaml", "run_config.yaml")
+#: MLflow tags/params of a pre-training run naming a folder with its export or checkpoints (protclip.run_uri is
+#: what jobs/pretrain.py sets: <storage_path>/<name>, holding export/protein and checkpoint_* folders)
+EXPORT_TAGS = ("protclip.export_dir", "protclip.run_uri", "protclip.export_path", "export_dir")
 
 
 @dataclass
@@ -78,9 +80,9 @@ def resolve_base(cfg: BaseSection, materialize_dir: str, storage: StorageConfig 
     if src.startswith("tower:"):
         return _from_tower_uri(src[6:], src, cfg, materialize_dir, storage)
     if src.startswith("protclip:"):
-        return _from_protclip(src[9:], src, cfg, materialize_dir, storage)
+        return _from_protclip(src[9:], src, cfg, materialize_dir, storage, tracking_uri)
     if is_remote(src) or Path(src).expanduser().exists():  # a bare path: work out what it is
-        return _from_protclip(src, src, cfg, materialize_dir, storage)
+        return _from_protclip(src, src, cfg, materialize_dir, storage, tracking_uri)
     raise ValueError(f"base.source {src!r}: not a known kind (tower:, protclip:, mlflow:, hub:, wheel:, random) "
                      "and not an existing path")
 
@@ -136,12 +138,13 @@ def _from_tower_uri(uri: str, src: str, cfg: BaseSection, out: str, storage) -> 
     return ResolvedBase(uri if is_remote(uri) else str(local.resolve()), "tower", src, cfg.parent_run_id)
 
 
-def _from_protclip(where: str, src: str, cfg: BaseSection, out: str, storage) -> ResolvedBase:
+def _from_protclip(where: str, src: str, cfg: BaseSection, out: str, storage, tracking_uri: str | None,
+                   run_id: str | None = None) -> ResolvedBase:
     """An export folder, a run folder, a checkpoint folder or a tower folder (checked in that order)."""
     root = Path(localize_tower(where, storage) if is_remote(where) else where).expanduser().resolve()
     if not root.exists():
         raise FileNotFoundError(f"base.source {src}: {root} does not exist")
-    parent = cfg.parent_run_id or _run_id_near(root)
+    parent = cfg.parent_run_id or run_id or _run_id_near(root) or _run_id_for_uri(where, tracking_uri)
     if _is_tower_dir(root):
         return ResolvedBase(str(root), "tower", src, parent)
     for sub in EXPORT_SUBDIRS:
@@ -151,8 +154,9 @@ def _from_protclip(where: str, src: str, cfg: BaseSection, out: str, storage) ->
     if ckpt is None:
         raise ValueError(f"base.source {src}: {root} holds no exported tower ({', '.join(EXPORT_SUBDIRS)}) and "
                          "no DCP checkpoint")
-    model = tower_from_checkpoint(ckpt)
-    info = {"checkpoint": str(ckpt)}
+    config = _pretrain_config(ckpt, cfg, parent, tracking_uri)
+    model = tower_from_checkpoint(ckpt, config)
+    info = {"checkpoint": str(ckpt), "pretrain_config": str(config)}
     return ResolvedBase(_save_tower(model, out, storage), "protclip-checkpoint", src, parent, info)
 
 
@@ -169,12 +173,41 @@ def _checkpoint_dir(root: Path) -> Path | None:
     return latest_valid_checkpoint(runs[-1].parent) if runs else None
 
 
-def _find_config(start: Path) -> Path | None:
-    for d in [start, *list(start.parents)[:4]]:
+def _pretrain_config(ckpt: Path, cfg: BaseSection, run_id: str | None, tracking_uri: str | None) -> Path:
+    """The pre-training run config: ``base.pretrain_config``, a config file beside/above the checkpoint, or the
+    ``config/config.yaml`` the pre-training job logged to its MLflow run."""
+    if cfg.pretrain_config:
+        p = Path(cfg.pretrain_config).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"base.pretrain_config {p}: no such file")
+        return p
+    for d in [ckpt, *list(ckpt.parents)[:4]]:
         for name in CONFIG_NAMES:
-            if (d / name).is_file():
+            if (d / name).is_file() and _has_model_section(d / name):
                 return d / name
-    return None
+    if run_id:
+        from mlflow.tracking import MlflowClient
+
+        from protclip.tracking import resolve_tracking_uri
+
+        try:
+            local = MlflowClient(resolve_tracking_uri(tracking_uri)).download_artifacts(
+                run_id, "config/config.yaml", tempfile.mkdtemp(prefix="protclip_pretrain_cfg_"))
+            return Path(local)
+        except Exception as e:  # MlflowException / OSError: fall through to the error below, saying why
+            _log.warning("pre-training run %s: cannot fetch config/config.yaml (%s)", run_id, redact(str(e)))
+    raise FileNotFoundError(f"checkpoint {ckpt}: no pre-training config ({', '.join(CONFIG_NAMES)}) beside it or "
+                            "above, none in its MLflow run; set base.pretrain_config to the pre-training YAML")
+
+
+def _has_model_section(path: Path) -> bool:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("model"), dict)
 
 
 def _run_id_near(root: Path) -> str | None:
@@ -191,10 +224,37 @@ def _run_id_near(root: Path) -> str | None:
     return None
 
 
-def tower_from_checkpoint(ckpt: Path) -> torch.nn.Module:
+def _run_id_for_uri(where: str, tracking_uri: str | None) -> str | None:
+    """The pre-training MLflow run whose ``protclip.run_uri`` tag is ``where`` or one of its parents (the
+    pre-training job tags its run with ``<storage_path>/<name>``); None when tracking has no such run."""
+    from mlflow.tracking import MlflowClient
+
+    from protclip.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None  # no store yet: nothing to link (and do not create one as a side effect)
+    candidates = [where.rstrip("/")]
+    if not is_remote(where):
+        p = Path(where).expanduser().resolve()
+        candidates = [str(p), *(str(q) for q in list(p.parents)[:3])]
+    try:
+        client = MlflowClient(uri)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        for c in candidates:
+            quoted = c.replace("\\", "\\\\").replace("'", "\\'")
+            runs = client.search_runs(exps, filter_string=f"tags.`protclip.run_uri` = '{quoted}'", max_results=1)
+            if runs:
+                return runs[0].info.run_id
+    except Exception as e:  # an unreachable server must not stop fine-tuning; the link is then just missing
+        _log.warning("could not look up the pre-training MLflow run of %s: %s", redact(where), redact(str(e)))
+    return None
+
+
+def tower_from_checkpoint(ckpt: Path, config_file: Path) -> torch.nn.Module:
     """The ``protein_tower`` of a pre-training DCP checkpoint, loaded alone (no process group needed).
 
-    The architecture comes from the run config found beside the checkpoint (``model`` section); only the
+    The architecture comes from the ``model`` section of the pre-training config; only the
     ``model.protein_tower.*`` entries are read from the shards.
     """
     import torch.distributed.checkpoint as dcp
@@ -207,25 +267,23 @@ def tower_from_checkpoint(ckpt: Path) -> torch.nn.Module:
 
     if (ckpt / "COMMITTED").exists():
         verify_checkpoint(ckpt)
-    cfg_file = _find_config(ckpt)
-    if cfg_file is None:
-        raise FileNotFoundError(f"checkpoint {ckpt}: no run config ({', '.join(CONFIG_NAMES)}) beside it or above; "
-                                "cannot tell the tower architecture")
-    raw = yaml.safe_load(cfg_file.read_text()) if cfg_file.suffix != ".json" else json.loads(cfg_file.read_text())
-    model_cfg = from_dict(ModelConfig, (raw or {}).get("model", {}))
+    raw = yaml.safe_load(config_file.read_text())
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise ValueError(f"{config_file}: not a pre-training config (no 'model' section)")
+    model_cfg = from_dict(ModelConfig, raw["model"])
     tower = build_protein_tower(model_cfg, attn_implementation="sdpa")
-    sd = {f"protein_tower.{k}": v for k, v in tower.state_dict().items()}
-    state = {"model": sd}
+    state = {"model": {f"protein_tower.{k}": v for k, v in tower.state_dict().items()}}
     try:
         dcp.load(state, checkpoint_id=str(ckpt))
     except Exception as e:  # DCP raises plain RuntimeErrors for missing keys / shape mismatches
-        raise ValueError(f"checkpoint {ckpt} does not hold a protein tower matching {cfg_file}: {e}") from e
+        raise ValueError(f"checkpoint {ckpt} does not hold a protein tower matching {config_file}: {e}") from e
     tower.load_state_dict({k[len("protein_tower."):]: v for k, v in state["model"].items()})
     return tower
 
 
 def _from_mlflow(run_id: str, cfg: BaseSection, out: str, storage, tracking_uri: str | None) -> ResolvedBase:
-    """Find the tower a pre-training MLflow run exported: a tag/param naming the export, else an artifact."""
+    """The tower a pre-training MLflow run produced: the run folder its ``protclip.run_uri`` tag (or an export
+    tag/param) names, else the ``export/protein`` artifact it logged."""
     from mlflow.tracking import MlflowClient
 
     from protclip.tracking import resolve_tracking_uri
@@ -238,20 +296,25 @@ def _from_mlflow(run_id: str, cfg: BaseSection, out: str, storage, tracking_uri:
         raise ValueError(f"base.source mlflow:{run_id}: cannot read the run from {where} "
                          f"({type(e).__name__}: {redact(str(e))})") from None
     meta = {**run.data.params, **run.data.tags}
+    src, parent = f"mlflow:{run_id}", cfg.parent_run_id or run_id
+    problems = []
     for key in EXPORT_TAGS:
-        if meta.get(key):
-            res = _from_protclip(meta[key], f"mlflow:{run_id}", cfg, out, storage)
-            return ResolvedBase(res.tower, "mlflow", f"mlflow:{run_id}", cfg.parent_run_id or run_id,
-                                {**res.info, "export": meta[key]})
+        if not meta.get(key):
+            continue
+        try:
+            res = _from_protclip(meta[key], src, cfg, out, storage, tracking_uri, run_id)
+        except (FileNotFoundError, ValueError) as e:  # e.g. the run folder is on a disk not mounted here
+            problems.append(f"{key}={meta[key]}: {e}")
+            continue
+        return ResolvedBase(res.tower, "mlflow", src, parent, {**res.info, key: meta[key]})
     for art in ("export/protein", "export/protein_tower", "protein", "protein_tower"):
         names = [a.path for a in client.list_artifacts(run_id, art.rsplit("/", 1)[0] if "/" in art else None)]
         if art in names:
             local = client.download_artifacts(run_id, art, tempfile.mkdtemp(prefix="protclip_mlflow_"))
-            model = _load_plain(local)
-            return ResolvedBase(_save_tower(model, out, storage), "mlflow", f"mlflow:{run_id}",
-                                cfg.parent_run_id or run_id, {"artifact": art})
-    raise ValueError(f"base.source mlflow:{run_id}: the run has no {'/'.join(EXPORT_TAGS)} tag or param and no "
-                     "exported tower artifact (export/protein)")
+            return ResolvedBase(_save_tower(_load_plain(local), out, storage), "mlflow", src, parent,
+                                {"artifact": art})
+    raise ValueError(f"base.source {src}: found no tower: no usable {'/'.join(EXPORT_TAGS)} tag "
+                     f"({'; '.join(problems) or 'none set'}) and no export/protein artifact")
 
 
 def _load_plain(directory: str) -> torch.nn.Module:

@@ -47,6 +47,9 @@ class BaseSection:
     random: RandomTowerConfig = field(default_factory=lambda: RandomTowerConfig(hidden_size=32, intermediate_size=64))
     attention: Literal["auto", "xformers", "sdpa", "eager"] = "auto"  # attention backend of the tower
     parent_run_id: str | None = None  # MLflow run to link as parent; default: found from the source
+    # pre-training YAML for DCP checkpoint sources (the tower geometry); default: a config.yaml beside/above the
+    # checkpoint, else the config/config.yaml artifact of the pre-training MLflow run
+    pretrain_config: str | None = None
 
     def __post_init__(self) -> None:
         if not self.source or not self.source.strip():

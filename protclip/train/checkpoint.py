@@ -127,7 +127,8 @@ def _cause(e: BaseException) -> str:
         seen: BaseException | None = err
         while seen is not None and not isinstance(seen, OSError):
             seen = seen.__cause__ or seen.__context__
-        parts.append(str(seen) if seen is not None else f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+        last = (str(err).strip().splitlines() or [""])[-1]
+        parts.append(str(seen) if seen is not None else f"{type(err).__name__}: {last}")
     return "; ".join(dict.fromkeys(parts))
 
 
@@ -168,6 +169,8 @@ def save_checkpoint(
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException with every rank's traceback
         raise CheckpointError(_write_failure(root, state.step, e)) from None
+    if world > 1:  # a shared directory: list only after every rank finished writing (else sizes are stale)
+        dist.barrier()
     files = _list_files(root)
     gathered: list[dict[str, int]] = [files]
     if world > 1:

@@ -106,11 +106,10 @@ def _take(it: Iterator[dict[str, torch.Tensor]], n: int) -> list[dict[str, torch
 
 def _skip_count(state: TrainState, start_epoch: int) -> int:
     """Micro-batches of the driver's dataset (which starts at ``start_epoch``) this rank already consumed."""
+    if state.step and state.epoch < start_epoch:
+        raise RuntimeError(f"the checkpoint being resumed is at epoch {state.epoch} but the dataset was built "
+                           f"from epoch {start_epoch}; delete the newer, unregistered checkpoint folders")
     per_epoch = {int(k): int(v) for k, v in state.extra.get("epoch_micro_batches", {}).items()}
-    if per_epoch and max(per_epoch) < start_epoch:
-        return 0
-    if state.step and per_epoch and state.epoch < start_epoch:
-        raise RuntimeError(f"checkpoint is at epoch {state.epoch} but the dataset starts at epoch {start_epoch}")
     return sum(n for e, n in per_epoch.items() if e >= start_epoch)
 
 

@@ -8,6 +8,7 @@ step is counted and logged. The LR schedule still advances, so the schedule stay
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -102,5 +103,7 @@ def guarded_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
-        scheduler.step()
+        with warnings.catch_warnings():  # a skipped update is intended; the schedule still follows the step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            scheduler.step()
     return StepOutcome(grad_norm=norm, skipped=bad)

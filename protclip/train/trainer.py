@@ -29,7 +29,7 @@ from protclip.train.loop import LoopConfig, total_steps_for, train_worker
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["run_pretrain", "PretrainResult", "RaySession", "peek_latest_state"]
+__all__ = ["run_pretrain", "preflight", "PretrainResult", "RaySession", "peek_latest_state"]
 
 SCORE_ATTRIBUTE = "val/loss"
 
@@ -180,6 +180,13 @@ def _start_epoch(cfg: PretrainConfig, state: dict[str, Any] | None) -> int:
     return min(int(state.get("epoch", 0)), cfg.data.num_epochs - 1)
 
 
+def preflight(cfg: PretrainConfig) -> None:
+    """Fail fast (before Ray starts) with a StorageError naming the URI when data or storage is unreachable."""
+    access = cfg.storage.access()
+    storage.check_access(cfg.data.uri, access)
+    storage.check_access(cfg.storage.storage_path, access, write=True)
+
+
 def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> PretrainResult:
     """Build the datasets, open the MLflow run, train with Ray Train, close the run. Ray must be initialised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -190,8 +197,7 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
 
     tc, access = cfg.train, cfg.storage.access()
-    storage.check_access(cfg.data.uri, access)
-    storage.check_access(cfg.storage.storage_path, access, write=True)
+    preflight(cfg)
     previous = peek_latest_state(cfg)
     start_epoch = _start_epoch(cfg, previous)
     data = build_pretrain_datasets(cfg.data, ProtCLIPCollator(cfg.model, cfg.loss), access,

@@ -1,0 +1,51 @@
+"""On-demand evaluation (``jobs/evaluate.py``): resolve the model source, choose the MLflow run to log into, run the
+chosen suites as Ray tasks (:mod:`protclip.eval.tasks`) or in this process (:mod:`protclip.eval.runner`).
+
+The run: ``run_id`` when given, else the source's pre-training run (so on-demand results sit next to the periodic
+ones, at the checkpoint's step), else a new run of the ``tracking`` experiment. Ray is imported only in Ray mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from protclip.config import ConfigError
+from protclip.eval.config import EvaluateConfig
+from protclip.eval.runner import run_in_process
+from protclip.eval.sources import resolve_source
+from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["run_evaluate"]
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate and log; returns ``{"run_id", "step", "source", "results": [one dict per suite]}``."""
+    if not cfg.tracking.enabled:
+        raise ConfigError("tracking.enabled is false: evaluate logs its results to MLflow and needs tracking")
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    source = resolve_source(cfg.source, cfg.storage, tracking_uri, config_run_id=cfg.run_id)
+    run_id = cfg.run_id or source.run_id
+    if run_id is None:
+        tags = {"protclip.job": "evaluate", "protclip.eval_source": source.describe()}
+        run_id = open_run(cfg.tracking, cfg.tracking.run_name or "evaluate", cfg, tags=tags)
+    assert run_id is not None
+    entries = [e.resolved() for e in cfg.chosen()]
+    secrets = secrets_of(cfg)
+    names = [e.name for e in entries]
+    _log.info(
+        "evaluating %s at step %d: %s -> run %s (%s)", source.describe(), source.step, names, run_id, cfg.mode
+    )
+    if cfg.mode == "local":
+        results = run_in_process(source, entries, run_id, tracking_uri, secrets, cfg.device)
+    else:
+        from protclip.eval.tasks import launch_suites, wait_suites
+        from protclip.runtime import init_ray
+
+        init_ray()
+        tasks = launch_suites(source, entries, run_id, tracking_uri, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                              device=cfg.device, secrets=secrets)  # fmt: skip
+        results = wait_suites(tasks, RunLogger(run_id, tracking_uri, secrets))
+    return {"run_id": run_id, "step": source.step, "source": source.describe(), "results": results}
