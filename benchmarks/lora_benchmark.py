@@ -166,6 +166,47 @@ def run_one(tower: str, mode: str, batch: int, length: int, steps: int, device: 
     return out
 
 
+#: ESM-2 family geometries (layers, hidden, heads): 8M, 35M, 150M, 650M, 3B
+ESM2_SIZES = {"8M": (6, 320, 20), "35M": (12, 480, 20), "150M": (30, 640, 20), "650M": (33, 1280, 20),
+              "3B": (36, 2560, 40)}
+
+
+def analytic(num_labels: int = 10, r: int = 8) -> list[dict]:
+    """Exact parameter counts of LoRA (default targets, rank ``r``) vs full fine-tuning for the ESM-2 sizes,
+    built on the meta device (no memory, no weights), and the fp32 weight + gradient + AdamW state bytes."""
+    import copy
+
+    import torch
+    from transformers import EsmForSequenceClassification
+
+    from protclip.finetune.config import LoraSection
+    from protclip.finetune.model import TaskSpec, attach_lora, trainable_report
+    from protclip.model.config import RandomTowerConfig
+    from protclip.model.towers import tiny_esm_config
+
+    rows = []
+    for name, (layers, hidden, heads) in ESM2_SIZES.items():
+        cfg = copy.deepcopy(tiny_esm_config(RandomTowerConfig(hidden_size=hidden, num_layers=layers,
+                                                               num_heads=heads, intermediate_size=4 * hidden)))
+        cfg.num_labels = num_labels
+        with torch.device("meta"):
+            model = EsmForSequenceClassification(cfg)
+        full = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("esm.contact_head"))
+        spec = TaskSpec(type="single_label", labels=[str(i) for i in range(num_labels)])
+        with torch.device("meta"):
+            rep = trainable_report(attach_lora(model, LoraSection(r=r), spec))
+        gib = 2**30
+        rows.append({
+            "size": name, "layers": layers, "hidden": hidden, "params_full": full,
+            "params_lora_trainable": rep["params_trainable"], "trainable_share": rep["trainable_share"],
+            "full_state_gib": full * 16 / gib,  # fp32 weights + grads + Adam m, v
+            "lora_state_gib": (rep["params_total"] * 4 + rep["params_trainable"] * 12) / gib,
+            "lora_bf16_base_state_gib": ((rep["params_total"] - rep["params_trainable"]) * 2
+                                         + rep["params_trainable"] * 16) / gib,
+        })  # fmt: skip
+    return rows
+
+
 def environment() -> dict:
     import peft
     import ray
@@ -200,11 +241,22 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write all results as JSON here")
+    ap.add_argument("--analytic", action="store_true", help="only the meta-device parameter/state table")
     ap.add_argument("--one", nargs=2, metavar=("TOWER", "MODE"), help=argparse.SUPPRESS)  # child process
     args = ap.parse_args(argv)
     if args.one:
         res = run_one(args.one[0], args.one[1], args.batch, args.length, args.steps, args.device, args.threads)
         print("RESULT " + json.dumps(res))
+        return 0
+    if args.analytic:
+        rows = analytic()
+        for r in rows:
+            print(f"ESM-2 {r['size']:>5s}: full {r['params_full']:>13,d}  LoRA trainable {r['params_lora_trainable']:>10,d} "
+                  f"({100 * r['trainable_share']:.2f}%)  weights+grad+Adam: full {r['full_state_gib']:6.2f} GiB, "
+                  f"LoRA {r['lora_state_gib']:6.2f} GiB, LoRA+bf16 base {r['lora_bf16_base_state_gib']:6.2f} GiB")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"environment": environment(), "analytic": rows}, f, indent=1)
         return 0
     results = []
     for tower in args.towers:

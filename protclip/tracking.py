@@ -239,11 +239,13 @@ def open_run(
     client = _client(uri)
     art = cfg.artifact_location or _default_artifact_location(uri)
     exp_id = _get_or_create_experiment(client, cfg.experiment, art)
-    all_tags = {str(k): redact(str(v)) for k, v in (tags or {}).items()}
+    cfg_secrets = secrets_of(config_obj) if config_obj is not None else []  # also scrub the config's own secrets
+    all_tags = {str(k): redact(str(v), cfg_secrets) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     if reuse_key:
-        all_tags["protclip.reuse_key"] = redact(reuse_key)
+        reuse_key = redact(reuse_key, cfg_secrets)
+        all_tags["protclip.reuse_key"] = reuse_key
     name = run_name or cfg.run_name
 
     run_id = None

@@ -52,27 +52,29 @@ def ray_local():
     ray.shutdown()
 
 
+# The moto endpoint and test credentials are fixed before any test starts Ray, so Ray workers inherit them
+# (variables set after ray.init never reach already-started workers). Only 127.0.0.1 is ever used.
+_MOTO_PORT = free_port()
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_MOTO_PORT}"}
+for _k, _v in S3_TEST_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """A moto S3 server on 127.0.0.1 with test credentials in the environment; yields the endpoint URL."""
+    """A moto S3 server on 127.0.0.1 (endpoint and test credentials already in the environment)."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                          "AWS_ENDPOINT_URL")}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_MOTO_PORT, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
+    os.environ.update(S3_TEST_ENV)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
     yield endpoint
     server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture

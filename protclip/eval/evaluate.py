@@ -47,5 +47,5 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         init_ray()
         tasks = launch_suites(source, entries, run_id, tracking_uri, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                               device=cfg.device, secrets=secrets)  # fmt: skip
-        results = wait_suites(tasks, RunLogger(run_id, tracking_uri, secrets))
+        results = wait_suites(tasks, RunLogger(run_id, tracking_uri, secrets), secrets=secrets)
     return {"run_id": run_id, "step": source.step, "source": source.describe(), "results": results}

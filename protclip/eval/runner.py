@@ -72,17 +72,20 @@ def log_success(logger, name: str, step: int, result, seconds: float, summary: d
     _retry(logger.set_tags, {f"{prefix}/status": f"ok at step {step}"})
 
 
-def log_failure(logger, name: str, step: int, error: str, where: str = "task") -> None:
+def log_failure(
+    logger, name: str, step: int, error: str, where: str = "task", secrets: Iterable[str] = ()
+) -> None:
     """Report a failed suite: ``eval/<name>/failed`` = 1 at ``step``, a status tag and the error text artifact.
 
     ``logger`` (a :class:`~protclip.tracking.RunLogger`) redacts the text; it is redacted here as well so the local
     log line is clean too.
     """
-    first = redact(error.strip().splitlines()[-1] if error.strip() else "unknown error")[:300]
+    secrets = list(secrets)
+    first = redact(error.strip().splitlines()[-1] if error.strip() else "unknown error", secrets)[:300]
     _log.warning("eval %s at step %d failed (%s): %s", name, step, where, first)
     _retry(logger.log_metrics, {f"eval/{name}/failed": 1.0}, step)
     _retry(logger.set_tags, {f"eval/{name}/status": f"failed at step {step} ({where}): {first}"})
-    _retry(logger.log_text, redact(error), f"{artifact_dir(step)}/{name}_error.txt")
+    _retry(logger.log_text, redact(error, secrets), f"{artifact_dir(step)}/{name}_error.txt")
 
 
 @contextlib.contextmanager
@@ -111,7 +114,13 @@ def _suite_config(entry: EvalSuiteConfig) -> Iterator[dict[str, Any]]:
 
 
 def run_one(
-    entry: EvalSuiteConfig, embedder, step: int, logger, context: dict[str, Any], load_seconds: float = 0.0
+    entry: EvalSuiteConfig,
+    embedder,
+    step: int,
+    logger,
+    context: dict[str, Any],
+    load_seconds: float = 0.0,
+    secrets: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Run one suite and log it; an exception in the suite is logged as a failure, not raised."""
     from protclip.eval.suites import run_suite
@@ -121,12 +130,13 @@ def run_one(
         with _suite_config(entry) as config:
             result = run_suite(entry.suite, config, embedder.with_space(entry.space))
     except Exception:
-        log_failure(logger, entry.name, step, traceback.format_exc())
+        secrets = list(secrets)
+        log_failure(logger, entry.name, step, traceback.format_exc(), secrets=secrets)
         return {
             "name": entry.name,
             "step": step,
             "status": "failed",
-            "error": redact(traceback.format_exc(limit=0)),
+            "error": redact(traceback.format_exc(limit=0), secrets),
         }
     seconds = time.perf_counter() - t0 + load_seconds
     summary = {
@@ -162,8 +172,8 @@ def run_in_process(
     from protclip.eval.protclip_embedder import ProtCLIPEmbedder
     from protclip.tracking import RunLogger
 
-    entries = list(entries)
-    logger = RunLogger(run_id, tracking_uri, list(secrets))
+    entries, secrets = list(entries), list(secrets)
+    logger = RunLogger(run_id, tracking_uri, secrets)
     step = source.step
     t0 = time.perf_counter()
     try:
@@ -172,9 +182,16 @@ def run_in_process(
     except Exception:
         err = traceback.format_exc()
         for entry in entries:
-            log_failure(logger, entry.name, step, f"loading {source.describe()} failed:\n{err}")
+            log_failure(
+                logger, entry.name, step, f"loading {source.describe()} failed:\n{err}", secrets=secrets
+            )
         return [
-            {"name": e.name, "step": step, "status": "failed", "error": redact(err.strip().splitlines()[-1])}
+            {
+                "name": e.name,
+                "step": step,
+                "status": "failed",
+                "error": redact(err.strip().splitlines()[-1], secrets),
+            }
             for e in entries
         ]
     load_seconds = time.perf_counter() - t0
@@ -192,5 +209,5 @@ def run_in_process(
     }
     out = []
     for i, entry in enumerate(entries):
-        out.append(run_one(entry, embedder, step, logger, context, load_seconds if i == 0 else 0.0))
+        out.append(run_one(entry, embedder, step, logger, context, load_seconds if i == 0 else 0.0, secrets))
     return out

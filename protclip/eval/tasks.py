@@ -85,7 +85,7 @@ def launch_suites(
     return tasks
 
 
-def _collect(task: _Task, logger) -> list[dict[str, Any]]:
+def _collect(task: _Task, logger, secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The result of a finished task; a task that died (worker crash, OOM kill, cancel) is reported from here."""
     try:
         return ray.get(task.ref)
@@ -93,20 +93,28 @@ def _collect(task: _Task, logger) -> list[dict[str, Any]]:
         detail = (
             f"the eval task for {task.entry.name} at step {task.step} did not finish: {type(e).__name__}\n{e}"
         )
-        log_failure(logger, task.entry.name, task.step, detail, where="driver")
+        secrets = list(secrets)
+        log_failure(logger, task.entry.name, task.step, detail, where="driver", secrets=secrets)
         return [
-            {"name": task.entry.name, "step": task.step, "status": "failed", "error": st.redact(str(e))[:500]}
+            {
+                "name": task.entry.name,
+                "step": task.step,
+                "status": "failed",
+                "error": st.redact(str(e), secrets)[:500],
+            }
         ]
 
 
-def wait_suites(tasks: list[_Task], logger, timeout_s: float | None = None) -> list[dict[str, Any]]:
+def wait_suites(
+    tasks: list[_Task], logger, timeout_s: float | None = None, secrets: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """Wait for ``tasks`` (``jobs/evaluate.py``); unfinished ones at the timeout are cancelled and reported."""
     refs = [t.ref for t in tasks]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     out = []
     for t in tasks:
         if t.ref in ready:
-            out.extend(_collect(t, logger))
+            out.extend(_collect(t, logger, secrets))
         else:
             ray.cancel(t.ref, force=True)
             log_failure(
@@ -177,7 +185,14 @@ class EvalScheduler:
         """From a ``PretrainConfig`` (its ``eval`` section); None when periodic evaluation is off or untracked."""
         from protclip.tracking import secrets_of
 
-        ev: EvalScheduleConfig = cfg.eval
+        ev = cfg.eval
+        if getattr(ev, "every_steps", 0) == 0:
+            return None
+        if not isinstance(ev, EvalScheduleConfig):
+            raise TypeError(
+                "PretrainConfig.eval must be protclip.eval.config.EvalScheduleConfig (suite configs, "
+                f"resources), got {type(ev).__name__}"
+            )
         if not ev.enabled:
             return None
         if not run_id:
@@ -247,7 +262,10 @@ class EvalScheduler:
             _log.warning("eval scheduler: final scan failed: %s", st.redact(str(e))[:500])
         deadline = time.monotonic() + timeout_s
         while True:
-            self.poll(scan=False)
+            try:
+                self.poll(scan=False)
+            except Exception as e:  # close() runs in the trainer's `finally`: it must not raise
+                _log.warning("eval scheduler: poll while draining failed: %s", st.redact(str(e))[:500])
             with self._lock:
                 busy = bool(self._rounds) or self._pending is not None
             if not busy or time.monotonic() >= deadline:
@@ -257,13 +275,15 @@ class EvalScheduler:
             for rnd in self._rounds:
                 for t in rnd.tasks:
                     ray.cancel(t.ref, force=True)
-                    log_failure(
-                        self.logger,
-                        t.entry.name,
-                        t.step,
-                        f"still running {timeout_s} s after training ended (eval.drain_timeout_s); cancelled",
-                        where="driver",
+                    msg = (
+                        f"still running {timeout_s} s after training ended (eval.drain_timeout_s); cancelled"
                     )
+                    try:
+                        log_failure(
+                            self.logger, t.entry.name, t.step, msg, where="driver", secrets=self.secrets
+                        )
+                    except Exception as e:
+                        _log.warning("eval %s at step %d: %s (not logged: %s)", t.entry.name, t.step, msg, e)
                     self.results.append(
                         {"name": t.entry.name, "step": t.step, "status": "failed", "error": "drain timeout"}
                     )
@@ -366,7 +386,7 @@ class EvalScheduler:
         for t in tasks:
             if t.ref in done:
                 try:
-                    finished.extend(_collect(t, self.logger))
+                    finished.extend(_collect(t, self.logger, self.secrets))
                 except Exception:  # even reporting failed (MLflow down): keep the scheduler alive, say so
                     _log.error(
                         "eval %s at step %d: result could not be reported:\n%s",

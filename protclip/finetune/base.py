@@ -274,7 +274,9 @@ def tower_from_checkpoint(ckpt: Path, config_file: Path) -> torch.nn.Module:
     tower = build_protein_tower(model_cfg, attn_implementation="sdpa")
     state = {"model": {f"protein_tower.{k}": v for k, v in tower.state_dict().items()}}
     try:
-        dcp.load(state, checkpoint_id=str(ckpt))
+        from protclip.train.safe_dcp import safe_reader
+
+        dcp.load(state, storage_reader=safe_reader(ckpt))  # metadata unpickled with an allow-list
     except Exception as e:  # DCP raises plain RuntimeErrors for missing keys / shape mismatches
         raise ValueError(f"checkpoint {ckpt} does not hold a protein tower matching {config_file}: {e}") from e
     tower.load_state_dict({k[len("protein_tower."):]: v for k, v in state["model"].items()})

@@ -37,6 +37,7 @@ from protclip.train.checkpoint import (
     _set_rng_state,
     verify_checkpoint,
 )
+from protclip.train.safe_dcp import safe_reader
 
 __all__ = ["save_adapter_checkpoint", "load_adapter_checkpoint", "trainable_state", "restore_trainable",
            "TRAINABLE_ONLY"]
@@ -120,7 +121,7 @@ def load_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, opti
         best = trainable_state(model)
         payload["best"] = best
     try:
-        dcp.load(payload, checkpoint_id=str(root))
+        dcp.load(payload, storage_reader=safe_reader(root))  # metadata unpickled with an allow-list
     except Exception as e:  # DCP raises plain RuntimeErrors on missing or mismatched keys
         raise CheckpointError(f"checkpoint {root} does not fit this adapter/optimizer (different lora.r, "
                               f"target_modules or task head?): {e}") from e

@@ -1,0 +1,215 @@
+"""Reliability: faults injected into real Ray Train runs (docs/reliability.md §1, §4).
+
+Training data: ProtAnno built from the fuzzed UniProt file of ``test_reliability_input`` (so it holds a
+100k-residue protein and U/O/B/Z/X residues), deterministic split so losses are reproducible step by step.
+
+1. Reference: an uninterrupted 6-step run (2 FSDP2 workers, checkpoint every 2 steps).
+2. Worker killed: rank 1 SIGKILLs itself after step 3 (``PROTCLIP_FAULT_*``, see protclip/train/faults.py). Ray
+   Train restarts the worker group (``max_failures=1``) from the step-2 checkpoint; every logged loss, before and
+   after the restart, equals the reference at its step.
+3. Driver killed: ``jobs/pretrain.py`` (a real subprocess joined to the test's Ray instance, checkpoints on moto
+   S3) is SIGKILLed while its workers are mid-run after step 5; the newest checkpoint (step 4) is then made
+   half-uploaded (one rank's shard deleted). The job started again with the same ``storage.name`` /
+   ``storage.storage_path`` resumes from the last *complete* checkpoint (step 2), continues the same MLflow run and
+   reproduces the reference losses.
+Both also check that the planted credentials reach no output, log, MLflow entry, artifact or stored file.
+Four ``TorchTrainer.fit`` calls in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from protclip.paths import REPO_ROOT
+
+pytestmark = pytest.mark.ray
+
+PLANTED = "planted-fault-secret-7312"
+ENV_SECRET = "testing-secret-value"  # the s3_server fixture's AWS_SECRET_ACCESS_KEY
+STEPS, CKPT = 6, 2
+
+
+def _overrides(data_uri: str, storage_path: str, name: str, endpoint: str, **train) -> dict[str, str]:
+    ov = {
+        "data.uri": data_uri, "data.sampling.mode": "none", "data.micro_batch_size": "4",
+        "data.max_protein_length": "130", "data.max_text_length": "128", "data.max_subtext_length": "64",
+        "data.bucket_window": "16", "data.shuffle_buffer": "32", "data.val_fraction": "0.1",
+        "data.num_epochs": "1", "data.split": "deterministic", "data.map_num_cpus": "0.5",
+        "model.protein_model": "random", "model.text_model": "random", "model.attention": "sdpa",
+        "model.projection_dim": "32", "model.proto_num": "16",
+        "train.num_workers": "2", "train.accum_steps": "1", "train.lr": "1e-3", "train.warmup_steps": "2",
+        "train.max_steps": str(STEPS), "train.ckpt_every": str(CKPT), "train.val_every": "0",
+        "train.log_every": "1", "train.keep_checkpoints": "2", "train.max_failures": "1", "train.export": "false",
+        "storage.storage_path": storage_path, "storage.name": name, "storage.endpoint_url": endpoint,
+        "storage.access_key_id": "testing", "storage.secret_access_key": PLANTED,
+        "tracking.experiment": "reliability-faults",
+    }  # fmt: skip
+    ov.update({f"train.{k}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in train.items()})
+    return ov
+
+
+def _cfg(env, name: str, storage_path: str | None = None, **train):
+    from protclip.config import load_config
+    from protclip.train.config import PretrainConfig
+
+    return load_config(PretrainConfig, None, _overrides(env["data"], storage_path or str(env["tmp"] / "runs"), name,
+                                                        env["endpoint"], **train))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, uniprot_dat, s3_server, ray_local):
+    import boto3
+
+    from protclip.data.schema import record_to_row, rows_to_table
+    from protclip.data.uniprot import parse_file
+    from tests.test_reliability_input import LONG_LEN, make_fuzz
+
+    tmp = tmp_path_factory.mktemp("faults")
+    (tmp / "fuzz.dat").write_bytes(make_fuzz(uniprot_dat.read_bytes()).data)
+    rows = sorted((record_to_row(r) for r in parse_file(tmp / "fuzz.dat").records), key=lambda r: r["accession"])
+    assert max(r["length"] for r in rows) == LONG_LEN
+    (tmp / "protanno").mkdir()
+    half = len(rows) // 2
+    for i, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(rows_to_table(part), tmp / "protanno" / f"part-{i:05d}.parquet", row_group_size=16)
+    bucket = "reliability-faults"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    tracking = f"sqlite:///{tmp}/mlflow.db"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking
+    yield {"tmp": tmp, "data": str(tmp / "protanno"), "endpoint": s3_server, "bucket": bucket,
+           "tracking": tracking, "ray_address": ray_local.get_runtime_context().gcs_address}
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def _history(env, run_id: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(env["tracking"]).get_metric_history(run_id, "train/loss"))
+
+
+def _assert_matches_reference(got: list[tuple[int, float]], ref: dict[int, float]) -> None:
+    assert sorted({s for s, _ in got}) == list(range(1, STEPS + 1))
+    for step, value in got:
+        assert value == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (step, value, ref[step])
+
+
+@pytest.fixture(scope="module")
+def reference(env) -> dict[int, float]:
+    from protclip.train.trainer import run_pretrain
+
+    res = run_pretrain(_cfg(env, "reference"))
+    hist = _history(env, res.run_id)
+    assert [s for s, _ in hist] == list(range(1, STEPS + 1))  # each step logged once
+    return dict(hist)
+
+
+def _scan_for_secrets(env, extra_texts: list[str] = (), storage_root: Path | None = None) -> None:
+    """The planted credentials appear nowhere: given outputs, the MLflow database and artifacts, the run folders,
+    and the logs of this Ray session (driver, controller, workers, Ray Data tasks)."""
+    import ray
+
+    secrets = [PLANTED.encode(), ENV_SECRET.encode()]
+    places: list[Path] = [env["tmp"] / "mlflow.db", env["tmp"] / "mlartifacts", env["tmp"] / "runs"]
+    places.append(Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs")
+    if storage_root:
+        places.append(storage_root)
+    leaks = [t[:200] for t in extra_texts if any(s.decode() in t for s in secrets)]
+    scanned = 0
+    for place in places:
+        files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()] if place.exists() else []
+        for f in files:
+            try:
+                data = f.read_bytes()
+            except OSError:
+                continue
+            scanned += 1
+            leaks += [f"{f}: {s.decode()}" for s in secrets if s in data]
+    assert scanned > 10
+    assert not leaks, leaks
+
+
+def test_worker_killed_mid_run_restarts_from_checkpoint_with_identical_losses(env, reference, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from protclip.train.trainer import run_pretrain
+
+    marker = env["tmp"] / "kill.marker"
+    monkeypatch.setenv("PROTCLIP_FAULT_AT_STEP", "3")
+    monkeypatch.setenv("PROTCLIP_FAULT_RANK", "1")
+    monkeypatch.setenv("PROTCLIP_FAULT_ACTION", "kill")
+    monkeypatch.setenv("PROTCLIP_FAULT_MARKER", str(marker))
+    res = run_pretrain(_cfg(env, "worker-killed"))
+    assert marker.is_file() and "rank=1 step=3 action=kill" in marker.read_text()  # the fault did fire
+    assert res.metrics["step"] == STEPS
+    run = MlflowClient(env["tracking"]).get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    hist = _history(env, res.run_id)
+    _assert_matches_reference(hist, reference)
+    assert [s for s, _ in hist].count(3) == 2, hist  # step 3 ran before the kill and again from checkpoint 2
+    _scan_for_secrets(env)
+
+
+def _job(env, name: str, extra_env: dict[str, str]) -> subprocess.Popen:
+    ov = _overrides(env["data"], f"s3://{env['bucket']}/runs", name, env["endpoint"])
+    args = [a for k, v in ov.items() for a in (f"--{k}", v)]
+    full_env = {**os.environ, "RAY_ADDRESS": env["ray_address"], "MLFLOW_TRACKING_URI": env["tracking"],
+                "PYTHONUNBUFFERED": "1", **extra_env}
+    return subprocess.Popen([sys.executable, "jobs/pretrain.py", *args], cwd=REPO_ROOT, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_driver_killed_then_restarted_resumes_from_last_complete_checkpoint(env, reference):
+    from mlflow.tracking import MlflowClient
+
+    from protclip.storage import StorageConfig, filesystem
+
+    name, marker = "driver-killed", env["tmp"] / "hang.marker"
+    first = _job(env, name, {"PROTCLIP_FAULT_AT_STEP": "5", "PROTCLIP_FAULT_RANK": "0",
+                             "PROTCLIP_FAULT_ACTION": "hang", "PROTCLIP_FAULT_MARKER": str(marker)})
+    try:
+        deadline = time.time() + 480
+        while not marker.exists():
+            assert first.poll() is None, f"job ended before the fault: {first.communicate()[0][-3000:]}"
+            assert time.time() < deadline, "the fault never fired"
+            time.sleep(0.5)
+        time.sleep(3)  # let Ray's controller record the step-4 checkpoint it has already received
+    finally:
+        first.send_signal(signal.SIGKILL)  # the driver dies with its workers mid-run
+        out_first = first.communicate(timeout=60)[0]
+    assert first.returncode == -signal.SIGKILL
+
+    fs, base = filesystem(f"s3://{env['bucket']}/runs/{name}", StorageConfig(endpoint_url=env["endpoint"]))
+    ckpts = sorted(p for p in fs.ls(base, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_"))
+    assert [c.rsplit("/", 1)[-1][:20] for c in ckpts] == ["checkpoint_000000002", "checkpoint_000000004"]
+    fs.rm(f"{ckpts[-1]}/__1_0.distcp")  # step 4 is now a half-uploaded checkpoint
+
+    second = _job(env, name, {})
+    out_second = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, out_second[-5000:]
+    summary, _ = json.JSONDecoder().raw_decode(out_second[out_second.rindex('{\n "mlflow_run_id"') :])
+    client = MlflowClient(env["tracking"])
+    runs = client.search_runs([client.get_experiment_by_name("reliability-faults").experiment_id],
+                              filter_string=f"attributes.run_name = '{name}'")
+    assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # one MLflow run across both drivers
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["protclip.resumed_from_step"] == "2"
+    hist = _history(env, summary["mlflow_run_id"])
+    _assert_matches_reference(hist, reference)
+    assert [s for s, _ in hist].count(3) == 2 and [s for s, _ in hist].count(5) == 2  # 1-5, then 3-6 again
+    assert summary["final"]["step"] == STEPS
+    local = env["tmp"] / "s3-copy"
+    fs.get(base, str(local), recursive=True)
+    _scan_for_secrets(env, [out_first, out_second], storage_root=local)
