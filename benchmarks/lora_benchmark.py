@@ -264,7 +264,10 @@ def main(argv: list[str]) -> int:
             cmd = [sys.executable, __file__, "--one", tower, mode, "--batch", str(args.batch), "--length",
                    str(args.length), "--steps", str(args.steps), "--device", args.device, "--threads",
                    str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            # a fixed mmap threshold makes glibc return every tensor-sized block to the OS when it is freed, so
+            # the kernel's peak RSS tracks the peak of live memory instead of allocator caching
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode or line is None:
                 print(f"{tower} {mode} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

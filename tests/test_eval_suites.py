@@ -69,7 +69,7 @@ def test_retrieval_matched_embeddings_are_perfect(tmp_path):
         size=16
     )  # one text, two proteins: a perfect model puts them together
     by_text = {}
-    for s, t in zip(seqs, texts):
+    for s, t in zip(seqs, texts, strict=False):
         by_text.setdefault(t, vec[s] + 0.01 * rng.normal(size=16))
     emb = TableEmbedder(vec, lambda t: by_text[t])
     assert isinstance(emb, Embedder)
@@ -104,7 +104,7 @@ def test_zero_shot_on_real_deeploc_with_an_oracle_embedder():
     data = read_deeploc_fasta(DEEPLOC)
     classes = sorted(DEEPLOC_CLASS_NAMES)
     onehot = {c: np.eye(len(classes))[i] for i, c in enumerate(classes)}
-    prot = {s: onehot[y] for s, y in zip(data.sequences, data.labels)}
+    prot = {s: onehot[y] for s, y in zip(data.sequences, data.labels, strict=False)}
     emb = TableEmbedder(prot, lambda t: onehot[_class_of_prompt(t)])
     res = run_suite("zero_shot", {"path": str(DEEPLOC), "format": "deeploc", "max_examples": 300}, emb)
     assert res.metrics["acc"] == 1.0 and res.metrics["f1_macro"] == 1.0
@@ -147,7 +147,7 @@ def _synthetic_task(tmp_path, task_type: str, n=240, seed=0):
     pd.DataFrame({"id": [f"P{i}" for i in range(n)], "sequence": seqs, "label": labels}).to_csv(
         path, index=False
     )
-    return str(path), TableEmbedder(dict(zip(seqs, x)))
+    return str(path), TableEmbedder(dict(zip(seqs, x, strict=False)))
 
 
 def test_linear_probe_single_label(tmp_path):
@@ -209,7 +209,7 @@ def test_finetune_head_partial_trains_a_copy_of_the_tower(tmp_path):
         "path": str(path),
         "mode": "partial",
         "unfreeze_layers": 1,
-        "epochs": 15,
+        "epochs": 10,
         "hidden_dim": 32,
         "lr": 3e-3,
         "valid_fraction": 0.2,
@@ -288,7 +288,7 @@ def test_ppi_pair_classifier(tmp_path):
     seqs = random_sequences(60, rng)
     family = rng.integers(0, 6, 60)
     centers = rng.normal(size=(6, 16)) * 2
-    vec = {s: centers[f] + 0.3 * rng.normal(size=16) for s, f in zip(seqs, family)}
+    vec = {s: centers[f] + 0.3 * rng.normal(size=16) for s, f in zip(seqs, family, strict=False)}
     rows = []
     for _ in range(400):
         a, b = rng.choice(60, size=2, replace=False)

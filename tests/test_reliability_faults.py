@@ -192,7 +192,7 @@ def test_driver_killed_then_restarted_resumes_from_last_complete_checkpoint(env,
     assert first.returncode == -signal.SIGKILL
 
     fs, base = filesystem(f"s3://{env['bucket']}/runs/{name}", StorageConfig(endpoint_url=env["endpoint"]))
-    ckpts = sorted(p for p in fs.ls(base, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_"))
+    ckpts = sorted(p for p in fs.ls(base, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint_0"))
     assert [c.rsplit("/", 1)[-1][:20] for c in ckpts] == ["checkpoint_000000002", "checkpoint_000000004"]
     fs.rm(f"{ckpts[-1]}/__1_0.distcp")  # step 4 is now a half-uploaded checkpoint
 

@@ -123,6 +123,19 @@ def test_parent_run_and_reuse(tracking):
     assert "train.lr" in run.data.tags["protclip.changed_on_resume"]
 
 
+def test_non_strict_logger_survives_a_dead_server(tracking, monkeypatch):
+    import os
+
+    for k, v in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(k, v)
+    log = logger_for_rank(0, "0123456789abcdef", "http://127.0.0.1:9")  # nothing listens on port 9
+    log.log_metrics({"train/loss": 1.0}, step=1)
+    assert log.failed_calls == 1
+    with pytest.raises(Exception):  # noqa: B017 - strict loggers (drivers, tools) still raise
+        RunLogger("0123456789abcdef", "sqlite:///" + os.path.join(os.getcwd(), "m.db")).log_metrics({"a": 1.0}, 1)
+
+
 def test_disabled_and_null_logger(tracking):
     assert open_run(TrackingConfig(enabled=False), "x", _cfg()) is None
     assert isinstance(logger_for_rank(1, "abc", None), NullLogger)

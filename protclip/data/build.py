@@ -41,7 +41,7 @@ from protclip.data.uniprot_split import find_record_boundaries, iter_raw_records
 _log = logging.getLogger(__name__)
 
 RAW_SCHEMA = pa.schema([("source", pa.string()), ("offset", pa.int64()), ("line", pa.int64()),
-                        ("data", pa.binary()), ("terminated", pa.bool_())])
+                        ("data", pa.binary()), ("terminated", pa.bool_()), ("error", pa.string())])
 ERROR_FIELDS = ("source", "byte_offset", "line", "accession", "reason")
 _ERROR_SCHEMA = pa.schema([("source", pa.string()), ("byte_offset", pa.int64()), ("line", pa.int64()),
                            ("accession", pa.string()), ("reason", pa.string())])
@@ -122,7 +122,8 @@ def list_inputs(patterns: list[str], cfg: storage.StorageConfig | None = None) -
 def _raw_table(raws: list[RawRecord], source: str) -> pa.Table:
     return pa.table(
         {"source": [source] * len(raws), "offset": [r.offset for r in raws], "line": [r.line for r in raws],
-         "data": [r.data for r in raws], "terminated": [r.terminated for r in raws]},
+         "data": [r.data for r in raws], "terminated": [r.terminated for r in raws],
+         "error": [r.error for r in raws]},
         schema=RAW_SCHEMA,
     )
 
@@ -272,9 +273,9 @@ class ParseBlock:
             return batch
         d = batch.to_pydict()
         by_source: dict[str, list[RawRecord]] = {}
-        for src, off, line, data, term in zip(d["source"], d["offset"], d["line"], d["data"], d["terminated"],
-                                              strict=True):
-            by_source.setdefault(src, []).append(RawRecord(off, line, data, term))
+        for src, off, line, data, term, err in zip(d["source"], d["offset"], d["line"], d["data"], d["terminated"],
+                                                   d["error"], strict=True):
+            by_source.setdefault(src, []).append(RawRecord(off, line, data, term, err))
         results: list[UniProtRecord | MalformedRecord] = []
         for src, raws in by_source.items():  # one raw record may yield several results (glued entries)
             results += parse_raw_batch(raws, src, self.verify_crc)

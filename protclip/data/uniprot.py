@@ -32,6 +32,7 @@ Policies:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -99,6 +100,8 @@ def _first_accession(text: str) -> str | None:
 
 
 def _parse_one(raw: RawRecord, source: str, verify_crc: bool) -> ParseResult:
+    if raw.error:  # the stream broke here (truncated .gz): one report, the records before it are kept
+        return MalformedRecord(source, raw.offset, raw.line, None, raw.error)
     data = raw.data
     try:
         text = data.decode("ascii")
@@ -150,15 +153,38 @@ def parse_raw(raw: RawRecord, source: str, verify_crc: bool = True) -> list[Pars
     """Parse one raw record; never raises for bad input.
 
     Usually one result. The fast splitter can leave several entries in one raw record when the input is
-    damaged (a missing ``//``, junk between records); such a record fails to parse, is re-split with the
-    careful splitter and each piece is parsed, so the good entries around the damage are kept.
+    damaged (a missing ``//``, junk between records, a record cut mid-line right before the next ID line); such
+    a record fails to parse, is re-split with the careful splitter and each piece is parsed, so the good entries
+    around the damage are kept.
     """
     res = _parse_one(raw, source, verify_crc)
     if isinstance(res, MalformedRecord):  # rare: maybe several entries glued together by damage
+        parts = _unglue(raw)
+        if len(parts) > 1:
+            return [r for p in parts for r in parse_raw(p, source, verify_crc)]
         pieces = split_raw(raw)
         if len(pieces) > 1:
             return [_parse_one(p, source, verify_crc) for p in pieces]
     return [res]
+
+
+#: an ID line glued to the end of damaged text (a record cut mid-line, junk without a final newline)
+_GLUED_ID = re.compile(rb"[^\n]ID   [A-Z0-9_]+ +(?:Reviewed|Unreviewed|STANDARD|PRELIMINARY); +(?:PRT; +)?\d+ AA\.\r?\n")
+
+
+def _unglue(raw: RawRecord) -> list[RawRecord]:
+    """Cut ``raw`` before every ID line that does not start a line: the damaged text before it becomes its own
+    (unterminated) piece and the entry after it is parsed on its own instead of being lost with the damage."""
+    cuts = [m.start() + 1 for m in _GLUED_ID.finditer(raw.data)]
+    if not cuts:
+        return [raw]
+    out, prev = [], 0
+    for k in [*cuts, len(raw.data)]:
+        line = None if raw.line is None else raw.line + raw.data.count(b"\n", 0, prev)
+        last = k == len(raw.data)
+        out.append(RawRecord(raw.offset + prev, line, raw.data[prev:k], raw.terminated if last else False))
+        prev = k
+    return out
 
 
 _GROUP = 64  # raw records parsed together so their CRC64s are checked in one vectorised call

@@ -150,3 +150,4 @@ class RawRecord:
     line: int | None
     data: bytes
     terminated: bool = True
+    error: str | None = None  # set when the input stream itself broke here (truncated/corrupt .gz): reported

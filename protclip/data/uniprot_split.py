@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -25,6 +26,35 @@ _MAX_PENDING = 32 << 20  # bytes without a fast boundary before falling back to 
 _WS = b" \t\r\n"
 _ID_SPLIT = b"\nID   "
 _FAST = b"//\nID"  # "//" line followed by the next ID line: the common boundary, found ~2x faster
+#: decompression failures of a truncated or corrupt download: reported as one malformed entry (the records before
+#: the damage are kept); I/O errors of the storage itself still raise (they are worth a retry)
+_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+class _Salvaging:
+    """``read(n)`` over a gzip stream that returns what decompressed before a failure (the failure is raised by
+    the next call): ``GzipFile.read`` drops a whole block's worth of good data when the stream breaks inside it."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        self._stream, self._error = stream, None
+
+    def read(self, n: int) -> bytes:
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+        out = bytearray()
+        while len(out) < n:
+            try:
+                chunk = self._stream.read1(n - len(out))
+            except _STREAM_ERRORS as e:
+                if not out:
+                    raise
+                self._error = e
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
 
 
 def open_uniprot(path: str | os.PathLike[str]) -> BinaryIO:
@@ -116,7 +146,10 @@ def iter_raw_records(
     position lies in the source (use them after ``seek`` to a chunk start; ``start_line=None`` when unknown).
     ``max_bytes`` stops reading after that many bytes (a chunk's length).
     """
+    if isinstance(stream, gzip.GzipFile):
+        stream = _Salvaging(stream)  # type: ignore[assignment]
     buf = b""
+    broken: str | None = None  # set when decompression fails: what is left is flushed, then the damage reported
     pos = 0  # start of the unconsumed part of buf
     scan = 0  # where the next boundary search may start
     base = start_offset  # source offset of buf[0]
@@ -148,7 +181,10 @@ def iter_raw_records(
                     line += buf.count(b"\n", pos, cut + 1)
                 pos = cut + 1
         n = block_size if remaining is None else min(block_size, remaining)
-        chunk = stream.read(n) if n > 0 else b""
+        try:
+            chunk = stream.read(n) if n > 0 else b""
+        except _STREAM_ERRORS as e:
+            broken, chunk = f"input stream ends early or is corrupt after byte {base + len(buf)} ({e})", b""
         if not chunk:
             eof = True
             continue
@@ -161,6 +197,10 @@ def iter_raw_records(
         pos = 0
     if pos < len(buf):
         yield from split_exhaustive(buf, pos, len(buf), base, line)
+    if broken:
+        if line is not None:
+            line += buf.count(b"\n", pos)
+        yield RawRecord(base + len(buf), line, b"", False, error=broken)
 
 
 def iter_record_batches(

@@ -22,6 +22,14 @@ TASK_TYPES = ("single_label", "multi_label", "regression", "per_residue")
 #: so the task head (``classifier.dense``) and the unused pooler/contact head are never adapted.
 ESM_LORA_TARGETS = ["query", "key", "value", "dense"]
 
+#: Validation metrics each task type reports (protclip/finetune/evaluate.py); loss, mae, rmse: lower is better.
+TASK_METRICS = {
+    "single_label": ("accuracy", "f1_macro", "loss"),
+    "multi_label": ("fmax", "aupr", "f1_micro", "loss"),
+    "regression": ("spearman", "mae", "rmse", "loss"),
+    "per_residue": ("aupr", "f1", "accuracy", "loss"),
+}
+
 #: Default model-selection metric per task type (higher is better for all of them).
 DEFAULT_METRIC = {
     "single_label": "accuracy",
@@ -62,7 +70,10 @@ class LoraSection:
 
     r: int = 8  # rank of the update
     alpha: float = 16.0  # scaling numerator: the update is (alpha / r) * B @ A; usually alpha = 2 * r
-    dropout: float = 0.05  # dropout on the LoRA input path
+    # dropout on the LoRA input path. >0 regularises small data sets, but peft then keeps a dropped copy of every
+    # adapted layer's input for backward: +47% activation memory on ESM-2 8M, more than full fine-tuning saves
+    # (benchmarks/results/lora_202611.md); 0 shares the input with the frozen layer
+    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(ESM_LORA_TARGETS))  # leaf names in each layer
     layers: list[int] | None = None  # encoder layers to adapt (0-based); None = all
     bias: Literal["none", "lora_only", "all"] = "none"  # which biases train (peft semantics)
@@ -91,7 +102,7 @@ class TaskSection:
     # multi_label / per_residue use the same formula for the positive class (BCE pos_weight / CE weights)
     class_weighting: Literal["none", "balanced", "sqrt"] = "none"
     head_dropout: float = 0.1  # dropout inside the task head
-    metric: str | None = None  # selection metric on the validation split; default by type (DEFAULT_METRIC)
+    metric: str | None = None  # selection metric on the valid split (TASK_METRICS); default by type (DEFAULT_METRIC)
     threshold: float = 0.5  # multi_label / per_residue: probability cut for F1 and predicted labels
 
     def __post_init__(self) -> None:
@@ -105,6 +116,9 @@ class TaskSection:
             raise ValueError(f"task.head_dropout must be in [0, 1), got {self.head_dropout}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"task.threshold must be in (0, 1), got {self.threshold}")
+        if self.metric is not None and self.metric not in TASK_METRICS[self.type]:
+            raise ValueError(f"task.metric {self.metric!r} is not reported for {self.type}; "
+                             f"choose one of {TASK_METRICS[self.type]}")
 
     @property
     def selection_metric(self) -> str:

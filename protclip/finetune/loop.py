@@ -245,13 +245,14 @@ class _Runner:
                 m, _, _ = self.evaluate("valid")
                 last.update({f"valid/{k}": v for k, v in m.items()})
                 self.log.log_metrics({f"valid/{k}": v for k, v in m.items()}, step=step)
-                score = m.get(metric)
-                if score is not None and np.isfinite(score) and (state.best_score is None or score > state.best_score):
-                    state.best_score, state.extra["best_step"] = float(score), step
+                if _improves(m.get(metric), state.best_score, metric):
+                    state.best_score, state.extra["best_step"] = float(m[metric]), step
                     if cfg.train.select == "best":
                         best = trainable_state(self.model)
             if do_ckpt or stop:
                 self.checkpoint(state, best, last)
+            if do_eval or do_ckpt:
+                t0 = time.perf_counter()  # throughput counts training time only
             if stop:
                 _log.info("stopping at step %d as asked (train.stop_at_step); resume continues from here", step)
                 return {"stopped_at": step, **last}
@@ -260,9 +261,9 @@ class _Runner:
     def finish(self, state: TrainState, best, last: dict[str, Any]) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
         m_valid, _, _ = self.evaluate("valid")
+        metric = cfg.task.selection_metric
         if cfg.train.select == "best" and best is not None:
-            score = m_valid.get(cfg.task.selection_metric)
-            if state.best_score is not None and (score is None or not np.isfinite(score) or score < state.best_score):
+            if not _improves(m_valid.get(metric), state.best_score, metric, ties=True):
                 restore_trainable(self.model, best)  # the final step is worse than the best validation step
                 m_valid, _, _ = self.evaluate("valid")
                 state.extra["restored_best_step"] = state.extra.get("best_step")
@@ -288,6 +289,21 @@ class _Runner:
         dist.barrier()
         self.checkpoint(state, best, {k: v for k, v in final.items() if not isinstance(v, str)})
         return final
+
+
+#: selection metrics where lower is better (everything else: higher is better)
+LOWER_IS_BETTER = ("loss", "mae", "rmse")
+
+
+def _improves(score: float | None, best: float | None, metric: str, ties: bool = False) -> bool:
+    """Whether ``score`` beats ``best`` for ``metric`` (NaN/None never does; no best yet: any finite score)."""
+    if score is None or not np.isfinite(score):
+        return False
+    if best is None:
+        return True
+    if ties and score == best:
+        return True
+    return score < best if metric in LOWER_IS_BETTER else score > best
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
