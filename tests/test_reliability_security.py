@@ -18,7 +18,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -50,8 +49,6 @@ def unsafe_calls(source: str, where: str) -> list[str]:
     """Every call in ``source`` that could run code from a file or expose a server (see the module docstring)."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.arg | ast.keyword) and node.arg and "host" in node.arg:
-            pass
         if not isinstance(node, ast.Call):
             continue
         name, kw = _dotted(node.func), {k.arg: k.value for k in node.keywords if k.arg}

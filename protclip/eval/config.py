@@ -122,6 +122,8 @@ class EvalScheduleConfig:
 
     Each due checkpoint starts one *round*: one Ray task per suite, which loads the checkpoint, embeds in batches
     and logs into the pre-training run (see ``protclip.eval.tasks``). Training never waits for them.
+    Tasks read the checkpoint where Ray Train keeps it; keep ``train.keep_checkpoints >= max_in_flight + 2`` so
+    a waiting round's checkpoint is not deleted first (a deleted one is reported as a failed eval, nothing worse).
     """
 
     every_steps: int = 0  # evaluate the first checkpoint at or past each multiple of this step; 0 = never
