@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: suite config keys holding file paths (resolved to absolute paths on the driver before tasks get them)
-PATH_KEYS = ("path", "test_path", "wt_fasta", "go_obo")
+PATH_KEYS = ("path", "test_path", "wt_fasta", "go_obo", "sequences_path")
 #: suites that compare proteins with texts, so protein embeddings must be in the joint (projected) space
 JOINT_SPACE_SUITES = ("retrieval", "zero_shot")
 #: prefix of suite data paths under the shared data folder (``protclip.paths.shared_data_dir()``)
