@@ -16,6 +16,8 @@ from protclip.model.config import LossConfig, ModelConfig
 from protclip.storage import StorageConfig
 from protclip.tracking import TrackingConfig
 
+from protclip.eval.config import EvalScheduleConfig  # noqa: E402  (periodic evals, Ray tasks)
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "RunStorageConfig", "EvalScheduleConfig", "PretrainConfig"]
@@ -112,18 +114,6 @@ class RunStorageConfig(StorageConfig):
         return StorageConfig(endpoint_url=self.endpoint_url, region=self.region, access_key_id=self.access_key_id,
                              secret_access_key=self.secret_access_key, session_token=self.session_token,
                              anonymous=self.anonymous)
-
-
-@dataclass
-class EvalScheduleConfig:
-    """Periodic downstream evaluations launched as Ray tasks during training (filled in by the eval work)."""
-
-    every_steps: int = 0  # 0 = no periodic evaluation
-    suites: list[str] = field(default_factory=list)  # names of eval suites to run
-
-    def __post_init__(self) -> None:
-        if self.every_steps < 0:
-            raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
 
 
 @dataclass

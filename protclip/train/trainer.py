@@ -248,12 +248,21 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     )
     _log.info("training %s: %d workers, global batch %d, %d steps -> %s", cfg.storage.name, tc.num_workers,
               cfg.global_batch_size, total, storage.redact(uri))
+    from protclip.eval.tasks import EvalScheduler
+
+    # Periodic evals run as Ray tasks owned by the driver (they outlive worker restarts); training never waits.
+    evals = EvalScheduler.for_pretrain(cfg, run_id, tracking_uri)
+    if evals:
+        evals.start()
     try:
         result = trainer.fit()
     except BaseException:
         if logger:
             logger.finish("FAILED")
         raise
+    finally:
+        if evals:
+            evals.close()
     if logger:
         done = tc.stop_at_step is None or tc.stop_at_step >= total
         logger.set_tags({"protclip.completed": str(done).lower()})
