@@ -31,8 +31,12 @@ def init_ray(num_cpus: int | None = None, address: str | None = None, runtime_en
     ``num_cpus`` over-subscribes logical CPUs on small machines: with 2 cores, 2 training workers and Ray Data
     tasks would otherwise deadlock waiting for a CPU (observed; see README "Troubleshooting").
     """
+    import sys
+
     import ray
 
+    if not sys.stdout.isatty():  # logs and CI: Ray Data's redrawn progress bars are noise there
+        ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
