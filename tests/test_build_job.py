@@ -72,7 +72,7 @@ def test_build_gz_through_s3(ray_local, uniprot_dat, tmp_path, s3_bucket):
     keep = keep_mask(np.array([r["reviewed"] for r in pure]), np.array([r["protein_existence"] for r in pure]),
                      np.array([r["n_properties"] for r in pure]), np.array([r["accession"] for r in pure], dtype=object),
                      sampling, epoch=0)
-    expected = [r for r, k in zip(pure, keep) if k]
+    expected = [r for r, k in zip(pure, keep, strict=True) if k]
     assert 0 < len(expected) < len(pure)  # the 12 TrEMBL entries are filtered, Swiss-Prot kept
     assert built == expected
     assert m["rows"] + m["sampling"]["sampled_out"] == m["parsed"] == 103

@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from protclip.config import ConfigError, dump_yaml, flatten, load_config, cli_config
+from protclip.config import ConfigError, cli_config, dump_yaml, flatten, load_config
 
 
 @dataclass

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from protclip.data.config import DataConfig
+from protclip.eval.config import EvalScheduleConfig  # noqa: E402  (periodic evals, Ray tasks)
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.storage import StorageConfig
 from protclip.tracking import TrackingConfig
-
-from protclip.eval.config import EvalScheduleConfig  # noqa: E402  (periodic evals, Ray tasks)
 
 _log = logging.getLogger(__name__)
 
