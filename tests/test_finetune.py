@@ -4,7 +4,6 @@ loop on one in-process gloo rank (FSDP2 with a bf16 base and fp32 LoRA), and the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -350,11 +349,11 @@ def test_wheel_source_loads_real_esm2_8m(tmp_path):
 
 
 @pytest.fixture
-def gloo_world1():
+def gloo_world1(tmp_path):
+    """A one-rank gloo group over a FileStore: no TCP rendezvous socket (torch's TCPStore listens on all interfaces)."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "pg_store"), 1), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 

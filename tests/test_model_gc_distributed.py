@@ -38,10 +38,11 @@ def global_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(WORLD * LOCAL, DIM_IN, generator=g), torch.randn(WORLD * LOCAL, DIM_IN, generator=g)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, store_path: str, out_dir: str) -> None:
+    # FileStore rendezvous (torch's TCPStore would listen on all interfaces); gloo pairs on loopback only
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD)
     try:
         model = LinearTowers()
         x, y = global_inputs()
@@ -67,7 +68,7 @@ def _free_port() -> int:
 
 
 def test_gc_two_ranks_equals_one_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "pg_store"), str(tmp_path)), nprocs=WORLD, join=True)
     got = torch.load(tmp_path / "dist.pt", weights_only=True)
 
     model = LinearTowers()

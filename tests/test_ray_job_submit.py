@@ -42,3 +42,43 @@ def test_ray_job_submit_with_runtime_env():
         logs = head.run_cli("job", "logs", "--address", head.dashboard_url, m.group(1))
         assert "ok False False True True" in logs.stdout
     assert head.alive_processes() == [], "Ray processes left after teardown"
+
+
+@requires_job_server
+def test_ray_job_submit_runs_the_main_job(tmp_path):
+    """The product's own path: `ray job submit` of the ProtAnno build + a short pre-training run of the demo config.
+
+    Everything the job writes goes to absolute temporary paths (the job runs in Ray's copy of the working dir).
+    The MLflow run it creates is then read back with the client.
+    """
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from protclip.paths import uniprot_samples_dat
+
+    protanno = tmp_path / "protanno"
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    py = sys.executable
+    entry = (
+        f"{py} jobs/build_protanno.py --config jobs/configs/build_samples.yaml "
+        f"--build.inputs '[{uniprot_samples_dat()}]' --build.output {protanno} && "
+        f"{py} jobs/pretrain.py --config jobs/configs/demo.yaml --data.uri {protanno} "
+        f"--storage.storage_path {tmp_path / 'runs'} --storage.name submitted --tracking.uri {db} "
+        f"--train.max_steps 4 --train.ckpt_every 2 --train.val_every 4 --train.warmup_steps 1 --eval.every_steps 0"
+    )
+    with ray_head(num_cpus=4) as head:
+        res = head.run_cli("job", "submit", "--address", head.dashboard_url,
+                           "--runtime-env", "cluster/runtime_env.yaml",
+                           "--", "bash", "-c", entry, cwd=REPO_ROOT, timeout=900)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, f"ray job submit failed ({res.returncode}):\n{out[-6000:]}\n{head.log_tail()}"
+        assert re.search(r"Job '(raysubmit_\w+)' succeeded", out), out[-4000:]
+        assert '"rows": 103' in out and '"malformed": 0' in out, out[-4000:]
+        m = re.search(r'"mlflow_run_id": "(\w+)"', out)
+        assert m, out[-4000:]
+    run = MlflowClient(db).get_run(m.group(1))
+    assert run.info.status == "FINISHED"
+    losses = MlflowClient(db).get_metric_history(run.info.run_id, "train/loss")
+    assert losses and max(h.step for h in losses) == 4
+    assert (tmp_path / "runs" / "submitted" / "export" / "protein" / "config.json").is_file()

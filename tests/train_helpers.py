@@ -59,11 +59,12 @@ def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, to
     return [{key: v[i * k:(i + 1) * k] for key, v in batch.items()} for i in range(parts)]
 
 
-def _entry(rank: int, world: int, port: int, fn, args, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+def _entry(rank: int, world: int, store_path: str, fn, args, queue) -> None:
+    # FileStore rendezvous (torch's TCPStore would listen on all interfaces); gloo pairs on loopback only
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     try:
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
         buf = io.BytesIO()  # plain bytes: tensors shared through fds die with this process
         torch.save(fn(rank, world, *args), buf)
         queue.put((rank, buf.getvalue(), None))
@@ -80,8 +81,11 @@ def run_gloo(fn, world: int, *args, timeout: float = 300.0) -> list:
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    import tempfile
+
+    store_dir = tempfile.mkdtemp(prefix="gloo_store_")
+    store = os.path.join(store_dir, "store")
+    procs = [ctx.Process(target=_entry, args=(r, world, store, fn, args, queue)) for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, object] = {}
