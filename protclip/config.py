@@ -103,8 +103,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str):
             try:
                 return int(value.replace("_", ""))
-            except ValueError:
-                pass
+            except ValueError as e:
+                raise ConfigError(f"{path}: expected an integer, got {value!r}") from e
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, bool):
@@ -114,8 +114,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str):
             try:
                 return float(value)
-            except ValueError:
-                pass
+            except ValueError as e:
+                raise ConfigError(f"{path}: expected a number, got {value!r}") from e
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -35,6 +36,9 @@ __all__ = ["DEFAULT_HOST", "MlflowServer", "MlflowServerError", "free_port", "se
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
+
+
+_log = logging.getLogger(__name__)
 
 
 class MlflowServerError(RuntimeError):
@@ -136,8 +140,8 @@ def _wait_healthy(server: MlflowServer, timeout_s: float) -> None:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            _log.debug("mlflow server not up yet at %s: %s", url, e)  # still starting; polled until timeout
         time.sleep(0.5)
     server.stop()
     raise MlflowServerError(f"mlflow server did not answer {url} within {timeout_s:.0f} s; "
