@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 def main(argv: list[str]) -> int:
     """Build ProtAnno from the real samples, pre-train the demo config, print where to look.
 
-    usage: python jobs/demo.py [--build.<key> v ...] [--pretrain.<section>.<key> v ...]
+    usage: python jobs/demo.py [--build.<section>.<key> v ...] [--pretrain.<section>.<key> v ...]
+    (build sections: build, storage, ray — jobs/configs/build_samples.yaml; pretrain: jobs/configs/demo.yaml)
     """
     from protclip.config import ConfigError, load_config
     from protclip.data.build import run_build
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
             if val is None:
                 raise ConfigError(f"override {tok} has no value")
         if key.startswith("build."):
-            build_over[key] = val
+            build_over[key[len("build."):]] = val
         elif key.startswith("pretrain."):
             pre_over[key[len("pretrain."):]] = val
         else:

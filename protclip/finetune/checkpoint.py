@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,14 +27,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from protclip.train.checkpoint import (
-    COMMITTED,
-    FORMAT_VERSION,
     STATE_FILE,
     CheckpointError,
     TrainState,
     _rng_state,
     _set_rng_state,
     _write_failure,
+    commit_checkpoint,
     verify_checkpoint,
 )
 from protclip.train.safe_dcp import safe_reader
@@ -94,24 +92,7 @@ def save_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, opti
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException carrying every rank's traceback
         raise CheckpointError(_write_failure(root, state.step, e)) from None
-    if world > 1:  # a shared directory: list files only after every rank finished writing
-        dist.barrier()
-    files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
-    gathered = [files]
-    if world > 1:
-        gathered = [None] * world  # type: ignore[list-item]
-        dist.all_gather_object(gathered, files)
-    if rank == 0:
-        manifest: dict[str, int] = {}
-        for f in gathered:
-            manifest.update(f)
-        marker = {"format": FORMAT_VERSION, "step": state.step, "world_size": world, "files": manifest,
-                  "time": time.time(), "kind": "lora_adapter"}
-        tmp = root / (COMMITTED + ".tmp")
-        tmp.write_text(json.dumps(marker))
-        os.replace(tmp, root / COMMITTED)
-    if world > 1:
-        dist.barrier()
+    commit_checkpoint(root, state.step, rank, world, kind="lora_adapter")
 
 
 def load_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -169,6 +169,13 @@ def save_checkpoint(
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException with every rank's traceback
         raise CheckpointError(_write_failure(root, state.step, e)) from None
+    commit_checkpoint(root, state.step, rank, world)
+
+
+def commit_checkpoint(root: Path, step: int, rank: int, world: int, **extra: Any) -> None:
+    """Collective: after every rank wrote its files, rank 0 writes ``COMMITTED`` (atomically, last) listing every
+    rank's files and sizes; ``verify_checkpoint`` refuses any folder whose marker is missing or does not match.
+    Shared by the pre-training and LoRA savers so both have the same atomic-commit guarantee."""
     if world > 1:  # a shared directory: list only after every rank finished writing (else sizes are stale)
         dist.barrier()
     files = _list_files(root)
@@ -180,8 +187,8 @@ def save_checkpoint(
         manifest: dict[str, int] = {}
         for f in gathered:
             manifest.update(f)
-        marker = {"format": FORMAT_VERSION, "step": state.step, "world_size": world, "files": manifest,
-                  "time": time.time()}
+        marker = {"format": FORMAT_VERSION, "step": step, "world_size": world, "files": manifest,
+                  "time": time.time(), **extra}
         tmp = root / (COMMITTED + ".tmp")
         tmp.write_text(json.dumps(marker))
         os.replace(tmp, root / COMMITTED)  # atomic on a local file system
