@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -93,10 +92,12 @@ def test_resume_reproduces_the_uninterrupted_run(straight_run, pretrain, shared_
     assert first["step"] == 12 and "test/loss" not in first
     second = run_finetune(_cfg(tmp, f"mlflow:{run_id}", deeploc, **{"run.name": "resumed"}))
     _, straight = straight_run
+    # same machine, data, RNG and pinned worker threads: the same computation in the same order, so no rounding
+    # budget applies (and none could bound a trajectory, where a first difference grows with every step)
     for k in ("test/loss", "test/accuracy", "valid/loss", "train/loss", "selected_step"):
-        assert second[k] == pytest.approx(straight[k], rel=1e-6, abs=1e-7), k
+        assert second[k] == straight[k], k
     a = load_file(tmp / "runs" / "straight" / "export" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp / "runs" / "resumed" / "export" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
-        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-7, err_msg=k)
+        assert torch.equal(a[k], b[k]), k

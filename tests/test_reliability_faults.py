@@ -102,8 +102,10 @@ def _history(env, run_id: str) -> list[tuple[int, float]]:
 
 def _assert_matches_reference(got: list[tuple[int, float]], ref: dict[int, float]) -> None:
     assert sorted({s for s, _ in got}) == list(range(1, STEPS + 1))
+    # same machine, data, RNG and pinned worker threads: the same computation in the same order, so no rounding
+    # budget applies (and none could bound a trajectory, where a first difference grows with every step)
     for step, value in got:
-        assert value == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (step, value, ref[step])
+        assert value == ref[step], (step, value, ref[step])
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,7 @@ def test_restarted_run_reproduces_uninterrupted_losses(env, full_run):
     ref = _history(full_run.run_id, "train/loss")
     got = _history(second.run_id, "train/loss")
     assert sorted(got) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    # same machine, data, RNG and pinned worker threads: the same computation in the same order, so no rounding
+    # budget applies (and none could bound a trajectory, where a first difference grows with every step)
+    assert got == ref
     assert second.metrics["step"] == STEPS

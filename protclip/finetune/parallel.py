@@ -11,6 +11,11 @@ keep the frozen all-gathers apart from the trainable reduce-scatters.
 
 The loop calls the wrapped model exactly like the plain one; optimizer and DCP code see the original parameter
 names (FSDP2 does not rename; DDP's ``module.`` prefix is stripped by ``get_state_dict``).
+
+FSDP2 hooks its pre-backward all-gather onto each unit's outputs, and an in-place op on an output that is a view
+would drop that hook (FSDP2 warns on every such forward). ``nn.Linear`` returns a 3-D input's result as a view of
+its 2-D matmul, so the per-residue head copy (a Linear on ``[B, L, H]``) would return one; the LoRA/head units
+therefore return owned copies of view outputs (:func:`own_view_outputs`; values unchanged).
 """
 
 from __future__ import annotations
@@ -39,6 +44,23 @@ def lora_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
+def _owned(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone() if x.requires_grad and x._base is not None else x
+    if type(x) in (tuple, list):
+        return type(x)(_owned(v) for v in x)
+    return x
+
+
+def own_view_outputs(module: nn.Module):
+    """Make ``module`` return a copy in place of every grad-requiring output tensor that is a view.
+
+    Registered in front of all forward hooks, so FSDP2's post-forward hook (which attaches the pre-backward
+    all-gather) sees the copies. Under ``no_grad`` nothing requires grad and nothing is copied.
+    """
+    return module.register_forward_hook(lambda _m, _args, out: _owned(out), prepend=True)
+
+
 def shard_lora_fsdp2(model: nn.Module, *, device_type: str = "cpu", param_dtype: torch.dtype | None = None,
                      activation_checkpointing: bool = False) -> nn.Module:
     """FSDP2-shard a peft model in place: LoRA/head units, then layers and root (see module docstring)."""
@@ -52,6 +74,7 @@ def shard_lora_fsdp2(model: nn.Module, *, device_type: str = "cpu", param_dtype:
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     units = lora_units(model)
     for unit in units:
+        own_view_outputs(unit)
         fully_shard(unit, mesh=mesh, mp_policy=mp)
     parallelize(model, device_type=device_type, mesh=mesh, param_dtype=param_dtype,
                 activation_checkpointing=activation_checkpointing, forward_methods=())

@@ -31,11 +31,15 @@ class RandomTowerConfig:
     num_heads: int = 4  # attention heads (hidden_size must be divisible by it)
     intermediate_size: int = 128  # feed-forward width
     max_positions: int = 1026  # position table size (BERT absolute positions; ESM uses rotary)
+    # hidden and attention dropout; None keeps the architecture's default (ESM-2 0.0, BERT 0.1)
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model random tower: {name} must be >= 1, got {getattr(self, name)}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model random tower: dropout must be in [0, 1), got {self.dropout}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model random tower: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"

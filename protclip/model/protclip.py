@@ -6,12 +6,19 @@ the trainer gather GC features across ranks or micro-batches (gradient cache) wi
 
 Per step (only the passes the enabled objectives need run): clean ESM pass (GC + PDA), text pass (GC + BSR),
 MLM ESM pass, span-masked ESM pass (BSR), four sub-text BERT passes (PDA, no grad).
+
+Inside :func:`seeded_passes` each of these passes draws its dropout masks / Gumbel noise from its own generator
+state, seeded from (seed, pass name): the gradient cache's no-grad ``encode_protein`` / ``encode_text`` then see the
+same randomness as the grad forward's clean protein and text passes, whatever ran before them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -24,6 +31,41 @@ from protclip.model.heads import FragmentDecoder, ProjectionHead, PrototypeBank,
 from protclip.model.towers import build_protein_tower, build_text_tower
 
 IGNORE_INDEX = -100
+
+_PASS_SEED: ContextVar[int | None] = ContextVar("protclip_pass_seed", default=None)
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed (valid for every torch generator) that is a fixed function of ``seed`` and ``keys``."""
+    digest = hashlib.blake2b(repr((int(seed), *keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded_passes(seed: int) -> Iterator[None]:
+    """Within it, every model pass runs on CPU + current-CUDA generators seeded from ``(seed, pass name)`` and
+    restored afterwards: a pass's randomness depends on ``seed`` and its name only (not on what ran before it),
+    and the global RNG is left as it was. Outside, passes draw from the global RNG as usual."""
+    token = _PASS_SEED.set(int(seed))
+    try:
+        yield
+    finally:
+        _PASS_SEED.reset(token)
+
+
+@contextlib.contextmanager
+def _pass_rng(name: str) -> Iterator[None]:
+    seed = _PASS_SEED.get()
+    if seed is None:
+        yield
+        return
+    pass_seed = derive_seed(seed, name)
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(pass_seed)
+        if cuda:
+            torch.cuda.manual_seed(pass_seed)  # current device only: the others are not forked
+        yield
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,11 +145,14 @@ class ProtCLIPModel(nn.Module):
     def _pool_text(self, g: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
         return g.mean(dim=1) if self.released else masked_mean(g, am)
 
-    def _protein_hidden(self, ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
-        return self.protein_tower(input_ids=ids, attention_mask=am).last_hidden_state
+    def _protein_hidden(
+        self, ids: torch.Tensor, am: torch.Tensor, pass_name: str = "protein"
+    ) -> torch.Tensor:
+        with _pass_rng(pass_name):
+            return self.protein_tower(input_ids=ids, attention_mask=am).last_hidden_state
 
     def _text_hidden(self, ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
-        with self._text_ctx():
+        with self._text_ctx(), _pass_rng("text"):
             return self.text_tower(input_ids=ids, attention_mask=am).last_hidden_state
 
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +175,7 @@ class ProtCLIPModel(nn.Module):
 
     def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Residue-vocabulary logits ``[B, L, 33]`` of the MLM head (mutation-effect scoring, eval)."""
-        return self.mlm_head(self._protein_hidden(input_ids, attention_mask))
+        return self.mlm_head(self._protein_hidden(input_ids, attention_mask, "mlm"))
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,7 +191,9 @@ class ProtCLIPModel(nn.Module):
                     self.protein_proj(self._pool_protein(h, ids, am)), dim=-1
                 )
             if lc.pda:
-                out["pda_tokens"] = self.protein_proj(h)
+                # Linear returns a 3-D input's result as a view of its 2-D matmul, and an in-place op on a view
+                # output would drop FSDP2's pre-backward hook (FSDP2 warns): return an owned copy instead
+                out["pda_tokens"] = self.protein_proj(h).clone()
                 out["pda_token_mask"] = (
                     torch.ones_like(am, dtype=torch.bool) if self.released else residue_mask(ids, am)
                 )
@@ -156,7 +203,7 @@ class ProtCLIPModel(nn.Module):
             if lc.gc:
                 out["text_features"] = F.normalize(self.text_proj(self._pool_text(g, text_am)), dim=-1)
         if lc.mlm:
-            h_mlm = self._protein_hidden(batch["mlm_input_ids"], am)
+            h_mlm = self._protein_hidden(batch["mlm_input_ids"], am, "mlm")
             sel = batch["mlm_labels"] != IGNORE_INDEX
             out["mlm_logits"] = self.mlm_head(h_mlm[sel])
             out["mlm_labels"] = batch["mlm_labels"][sel]
@@ -171,7 +218,7 @@ class ProtCLIPModel(nn.Module):
     def _bsr(self, batch, am, g, text_am) -> dict[str, torch.Tensor]:
         # released: everything up to the decoder output is computed without grad, so only the head learns
         with torch.no_grad() if self.released else contextlib.nullcontext():
-            tokens = self.protein_proj(self._protein_hidden(batch["span_input_ids"], am))
+            tokens = self.protein_proj(self._protein_hidden(batch["span_input_ids"], am, "span"))
             fused = self.decoder(tokens, self.text_proj(g), None if self.released else text_am)
         sel = batch["span_labels"] != IGNORE_INDEX
         return {"bsr_logits": self.bsr_head(fused[sel]), "bsr_labels": batch["span_labels"][sel]}
@@ -179,13 +226,14 @@ class ProtCLIPModel(nn.Module):
     def _property_queries(self, sub_ids: torch.Tensor, sub_am: torch.Tensor) -> torch.Tensor:
         """Prototype-quantised property embeddings ``[B, K, D]``; grad reaches only the prototypes."""
         b, k, ls = sub_ids.shape
-        with torch.no_grad():
-            flat_am = sub_am.reshape(b * k, ls)
-            g = self.text_tower(
-                input_ids=sub_ids.reshape(b * k, ls), attention_mask=flat_am
-            ).last_hidden_state
-            u = self.text_proj(self._pool_text(g, flat_am)).reshape(b, k, -1)
-        return self.prototypes(u)
+        with _pass_rng("pda"):
+            with torch.no_grad():
+                flat_am = sub_am.reshape(b * k, ls)
+                g = self.text_tower(
+                    input_ids=sub_ids.reshape(b * k, ls), attention_mask=flat_am
+                ).last_hidden_state
+                u = self.text_proj(self._pool_text(g, flat_am)).reshape(b, k, -1)
+            return self.prototypes(u)
 
 
 def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> ProtCLIPModel:

@@ -19,6 +19,11 @@ from protclip.model.sources import RANDOM, resolve_source
 _logger = logging.getLogger(__name__)
 
 
+def _dropout(geom: RandomTowerConfig, default: float) -> dict[str, float]:
+    p = default if geom.dropout is None else geom.dropout
+    return {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
+
+
 def tiny_esm_config(geom: RandomTowerConfig) -> EsmConfig:
     """ESM-2-shaped config (rotary, pre-LN, token dropout, vocab 33) of the given geometry."""
     return EsmConfig(
@@ -31,8 +36,7 @@ def tiny_esm_config(geom: RandomTowerConfig) -> EsmConfig:
         position_embedding_type="rotary",
         emb_layer_norm_before=False,
         token_dropout=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        **_dropout(geom, 0.0),
         pad_token_id=ESM_PAD,
         mask_token_id=ESM_MASK,
         layer_norm_eps=1e-5,
@@ -48,6 +52,7 @@ def tiny_bert_config(geom: RandomTowerConfig, vocab_size: int, pad_token_id: int
         intermediate_size=geom.intermediate_size,
         max_position_embeddings=geom.max_positions,
         pad_token_id=pad_token_id,
+        **_dropout(geom, 0.1),  # BertConfig's own default
     )
 
 

@@ -12,6 +12,11 @@ not offered, it NaNs HF text towers, users.md C.7); the sharded master weights a
 On CPU (gloo) everything stays fp32. Model methods the loss calls outside ``forward`` are registered with
 ``register_fsdp_forward_method`` so FSDP unshards around them too (open_clip #358).
 
+A unit's grad-requiring outputs must not be views: FSDP2 attaches its pre-backward hook (the all-gather for
+backward) to them, an in-place op on a view would drop it, and FSDP2 warns on every such forward. The model's
+``forward`` returns owned tensors; LoRA units, whose forward is peft's, get
+:func:`protclip.finetune.parallel.own_view_outputs`.
+
 No Ray here: the same function is used by the Ray Train worker, the 2-rank gloo tests and the GPU benchmark.
 """
 

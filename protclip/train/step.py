@@ -3,8 +3,8 @@ accumulated batch (feature cache, GradCache / open_clip ``--accum-freq``; users.
 
 With ``A > 1`` and GC on:
 
-1. **cache pass** (no grad): the GC features (``encode_protein`` / ``encode_text``) of every micro-batch; the RNG
-   state before each one is remembered so the grad pass below sees the same dropout/noise;
+1. **cache pass** (no grad): the GC features (``encode_protein`` / ``encode_text``) of every micro-batch, run
+   under that micro-batch's seed (see RNG below) so they equal the grad pass's live features;
 2. **grad pass** per micro-batch ``a``: the full forward with grad; the GC loss scores this rank's rows of the
    *whole* accumulated batch (cache, with micro-batch ``a``'s rows replaced by the live, grad-carrying features)
    against the columns of the whole accumulated *global* batch (all ranks, gathered with grad). Its gradient is
@@ -18,6 +18,13 @@ With ``A > 1`` and GC on:
 
 The result equals the un-accumulated step on the same rows (tested: 2 x 4 == 1 x 8, loss and parameters). Each
 rank's micro-batches must have equal row counts (all-gather of equal shards; the pipeline drops partial batches).
+
+RNG: a step takes one draw from the global CPU generator (:func:`draw_step_seed`), and micro-batch ``a`` runs
+both its passes under ``seeded_passes(micro_batch_seed(step_seed, a))``, where each model pass (clean protein,
+text, MLM, span, PDA) gets a generator state of its own. So a micro-batch's dropout masks and Gumbel noise
+depend only on the step's RNG state and its index (not on the other micro-batches, nor on how many there are),
+different micro-batches and passes get different noise, the cache pass matches the grad pass, and the global
+RNG after a step is a fixed function of the one before it (bit-identical resume).
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import torch.distributed as dist
 
 from protclip.model.losses.contrastive import GatheredFeatures, all_gather_with_grad
 from protclip.model.losses.total import ProtCLIPLoss, loss_weights
+from protclip.model.protclip import derive_seed, seeded_passes
 
-__all__ = ["forward_backward", "StepTerms", "IGNORE_INDEX"]
+__all__ = ["forward_backward", "StepTerms", "IGNORE_INDEX", "draw_step_seed", "micro_batch_seed"]
 
 IGNORE_INDEX = -100
 #: per-sample term -> how its micro-batch share is measured
@@ -54,15 +62,14 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _rng_get() -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
+def draw_step_seed() -> int:
+    """The step's only draw from the global RNG (CPU generator: checkpointed, seeded per rank by the loop)."""
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 
-def _rng_set(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1])
+def micro_batch_seed(step_seed: int, index: int) -> int:
+    """Seed of micro-batch ``index``'s passes: independent of the step's other micro-batches."""
+    return derive_seed(step_seed, "micro_batch", index)
 
 
 def _shares(micro_batches: Sequence[dict[str, torch.Tensor]], term: str) -> list[float]:
@@ -112,27 +119,27 @@ def forward_backward(
     use_cache = n > 1 and "loss_gc" in weights
     ctx = autocast or contextlib.nullcontext()
 
-    rng_states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    step_seed = draw_step_seed()
+    seeds = [micro_batch_seed(step_seed, a) for a in range(n)]
     cache_p = cache_t = None
     rows = int(micro_batches[0]["protein_input_ids"].shape[0])
     if use_cache:
         feats_p, feats_t = [], []
         with torch.no_grad(), ctx:
-            for mb in micro_batches:
-                rng_states.append(_rng_get())
-                feats_p.append(model.encode_protein(mb["protein_input_ids"], mb["protein_attention_mask"]).float())
-                feats_t.append(model.encode_text(mb["text_input_ids"], mb["text_attention_mask"]).float())
+            for mb, seed in zip(micro_batches, seeds, strict=True):
+                with seeded_passes(seed):
+                    p = model.encode_protein(mb["protein_input_ids"], mb["protein_attention_mask"])
+                    t = model.encode_text(mb["text_input_ids"], mb["text_attention_mask"])
+                feats_p.append(p.float())
+                feats_t.append(t.float())
         if any(f.shape[0] != rows for f in feats_p):
             raise ValueError(f"micro-batches of one step must have equal sizes, got {[f.shape[0] for f in feats_p]}")
         cache_p, cache_t = torch.cat(feats_p), torch.cat(feats_t)
 
     acc: dict[str, float] = {}
     for a, mb in enumerate(micro_batches):
-        gather = None
-        if use_cache:
-            _rng_set(rng_states[a])
-            gather = _cache_gather(cache_p, cache_t, a, rows, rank, world)
-        with ctx:
+        gather = _cache_gather(cache_p, cache_t, a, rows, rank, world) if use_cache else None
+        with ctx, seeded_passes(seeds[a]):
             out = model(mb)
             if use_cache and a > 0:
                 # the GC scale enters the full-batch loss in every pass: let only the first pass carry its grad
