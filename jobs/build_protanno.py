@@ -9,7 +9,7 @@ import sys
 
 import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
 from protclip.cli import run_main
-from protclip.jobs_build import main
+from protclip.recipes.build_protanno import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -15,30 +15,11 @@ them in this process. Prints a JSON summary. Exit codes: 0 all suites ok, 1 a su
 3 storage error.
 """
 
-import json
 import sys
 
 import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import EXIT_FAILED, run_main, setup_logging
-
-
-def main(argv: list[str]) -> int:
-    """Evaluate a ProtCLIP checkpoint, export or MLflow run.
-
-    usage: python jobs/evaluate.py --config FILE --source.{checkpoint|export|mlflow_run_id} X [--section.key value ...]
-    (see jobs/configs/evaluate.yaml; exit 1 = a suite failed, 2 = config error, 3 = storage error)
-    """
-    from protclip.config import cli_config
-    from protclip.eval.config import EvaluateConfig
-    from protclip.eval.evaluate import run_evaluate
-    from protclip.storage import redact
-
-    setup_logging()
-    cfg = cli_config(EvaluateConfig, argv)
-    summary = run_evaluate(cfg)
-    print(redact(json.dumps(summary, indent=1, default=str)))
-    return EXIT_FAILED if any(r.get("status") != "ok" for r in summary["results"]) else 0
-
+from protclip.cli import run_main
+from protclip.recipes.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -9,32 +9,11 @@ cluster address is set; a rerun with the same run.name/run.storage_path resumes.
 JSON on the last line; the adapter, merged model and metrics land in <storage_path>/<name>/export.
 """
 
-import json
-import logging
 import sys
 
 import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main, setup_logging
-from protclip.config import cli_config
-from protclip.finetune.config import FinetuneConfig
-
-
-def main(argv: list[str]) -> int:
-    """LoRA fine-tuning job: --config FILE [--section.key value ...] (see jobs/configs/*_lora.yaml)."""
-    setup_logging()
-    cfg = cli_config(FinetuneConfig, argv)
-    from protclip.finetune.trainer import run_finetune
-    from protclip.runtime import init_ray
-
-    init_ray()
-    metrics = run_finetune(cfg)
-    keys = sorted(k for k in metrics if k.startswith(("test/", "untrained/test/", "valid/")))
-    for k in keys:
-        logging.getLogger("finetune_lora").info("%-28s %s", k, metrics[k])
-    extra = [k for k in ("selected_step", "run_id", "checkpoint") if k in metrics]
-    print(json.dumps({k: metrics[k] for k in keys + extra}))
-    return 0
-
+from protclip.cli import run_main
+from protclip.recipes.finetune_lora import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

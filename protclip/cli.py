@@ -1,4 +1,7 @@
-"""Shared entry-point plumbing: one-line errors and non-zero exits instead of stack-trace soup."""
+"""Shared entry-point plumbing: one-line errors and non-zero exits instead of stack-trace soup.
+
+Every job's ``main(argv)`` (``protclip/recipes/``) runs under :func:`run_main`; this module imports no job.
+"""
 
 from __future__ import annotations
 
@@ -38,9 +41,3 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     except FileNotFoundError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def build_main() -> None:
-    from protclip.jobs_build import main
-
-    sys.exit(run_main(main))

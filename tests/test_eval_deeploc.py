@@ -18,8 +18,8 @@ import pytest
 
 from protclip.eval.embedder import CachingEmbedder, HFProteinEmbedder
 from protclip.eval.suites import run_suite
-from protclip.eval.tiny import tiny_esm_embedder
 from protclip.paths import shared_data_dir
+from tests.helpers.tiny_esm import tiny_esm_embedder
 
 DEEPLOC = str(shared_data_dir() / "benchmarks" / "deeploc1_la" / "deeploc_test_set.fasta")
 BASE = {

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import EsmForSequenceClassification
 
-from protclip.eval.alphabet import AMINO_ACIDS
-from protclip.eval.embedder import Embedder, HFProteinEmbedder, length_batches
-from protclip.eval.tiny import esm_tokenizer, tiny_esm_embedder
+from protclip.data.alphabet import AMINO_ACIDS
+from protclip.data.batching import length_batches
+from protclip.eval.embedder import Embedder, HFProteinEmbedder
+from tests.helpers.tiny_esm import esm_tokenizer, tiny_esm_embedder
 from tests.tolerance import ULPS_NETWORK, assert_close_rounding
 
 SEQS = [

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protclip.eval.alphabet import AMINO_ACIDS
-from protclip.eval.formats import (
+from protclip.data.alphabet import AMINO_ACIDS
+from protclip.data.formats import (
     FormatError,
     Mutation,
     parse_mutant,
@@ -21,8 +21,8 @@ from protclip.eval.formats import (
     read_sequence_map,
     read_table,
 )
+from protclip.data.splits import split_by_hash, subsample_by_hash
 from protclip.eval.go import propagate, read_obo
-from protclip.eval.splits import split_by_hash, subsample_by_hash
 from protclip.paths import shared_data_dir
 
 DEEPLOC = shared_data_dir() / "benchmarks" / "deeploc1_la" / "deeploc_test_set.fasta"

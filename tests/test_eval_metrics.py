@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, f1_score
 
-from protclip.eval import metrics as M
+from protclip import metrics as M
 from tests.tolerance import approx_rounding, assert_close_rounding
 
 # ---------------------------------------------------------------- retrieval

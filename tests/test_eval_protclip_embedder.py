@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from protclip.eval.protclip_embedder import (
-    ProtCLIPEmbedder,
+from protclip.eval.protclip_embedder import ProtCLIPEmbedder
+from protclip.eval.suites import run_suite
+from protclip.model.config import tiny_model_config
+from protclip.model.protclip import build_model, export_towers
+from protclip.pretrained import (
     find_run_config,
     model_config_from_file,
     model_from_checkpoint,
     model_from_export,
 )
-from protclip.eval.suites import run_suite
-from protclip.model.config import tiny_model_config
-from protclip.model.protclip import build_model, export_towers
 from tests.tolerance import ULPS_NETWORK, assert_close_rounding, eps_atol
 
 SEQS = [
@@ -118,8 +118,8 @@ def test_spaces_text_and_mlm(tiny):
     # 20 of the vocabulary's probabilities sum to at most 1, up to fp32 rounding of the softmax
     assert lp.shape == (2, 20) and np.all(lp <= 0) and np.all(np.exp(lp).sum(1) <= 1.0 + eps_atol(1.0))
     # the MLM head is the model's: the same numbers by hand
+    from protclip.data.alphabet import AMINO_ACIDS
     from protclip.data.tokenizers import ESM_MASK, ESM_VOCAB, ProteinTokenizer
-    from protclip.eval.alphabet import AMINO_ACIDS
 
     ids = torch.tensor(ProteinTokenizer().encode(SEQS[0]))[None]
     ids[0, 3] = ids[0, 6] = ESM_MASK

@@ -10,14 +10,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from protclip.eval.alphabet import AA_INDEX, AMINO_ACIDS
+from protclip.data.alphabet import AA_INDEX, AMINO_ACIDS
+from protclip.data.formats import read_deeploc_fasta
 from protclip.eval.embedder import Embedder
-from protclip.eval.formats import read_deeploc_fasta
 from protclip.eval.suites import SUITES, SuiteResult, make_config, run_suite
 from protclip.eval.suites.mutation import score_variants
 from protclip.eval.suites.zero_shot import DEEPLOC_CLASS_NAMES, DEFAULT_LOCATION_TEMPLATES, class_prompts
-from protclip.eval.tiny import tiny_esm_embedder
 from protclip.paths import shared_data_dir
+from tests.helpers.tiny_esm import tiny_esm_embedder
 from tests.tolerance import approx_rounding, assert_close_rounding
 
 DEEPLOC = shared_data_dir() / "benchmarks" / "deeploc1_la" / "deeploc_test_set.fasta"
@@ -275,7 +275,7 @@ def test_mutation_suite_known_log_probs(tmp_path):
     p0, p1 = int(mutants[0][1:-1]) - 1, int(mutants[1][1:-1]) - 1
     assert tuple(sorted((p0, p1))) in mlm.calls
 
-    from protclip.eval.formats import read_mutations
+    from protclip.data.formats import read_mutations
 
     scores = score_variants(mlm, read_mutations(path, wt_sequence=wt))
     # float64 sums of log-prob differences: rounding relative to the log-probs, not to the (small) scores

@@ -89,9 +89,8 @@ def trained(env):
     from protclip.config import load_config
     from protclip.eval.config import EvalScheduleConfig, EvalSuiteConfig
     from protclip.eval.tasks import EvalScheduler
+    from protclip.recipes.pretrain import PretrainConfig, run_pretrain
     from protclip.tracking import open_run
-    from protclip.train.config import PretrainConfig
-    from protclip.train.trainer import run_pretrain
 
     cfg = load_config(PretrainConfig, None, {
         "data.uri": env["data"], "data.sampling.mode": "none", "data.micro_batch_size": "4",

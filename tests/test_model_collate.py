@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from protclip.data.collate import HEADERS, PROPERTIES, ProtCLIPCollator, split_properties, subtexts_of
+from protclip.data.collate import (
+    HEADERS,
+    PROPERTIES,
+    CollateConfig,
+    ProtCLIPCollator,
+    split_properties,
+    subtexts_of,
+)
 from protclip.data.tokenizers import ESM_PAD, ProteinTokenizer, load_text_tokenizer, text_tokenizer_dir
-from protclip.model.config import LossConfig, tiny_model_config
+from protclip.model.config import LossConfig, ModelConfig, collate_config, tiny_model_config
 from tests.model_helpers import protanno_rows, row_batch
 
 INT_KEYS = [
@@ -23,7 +30,7 @@ INT_KEYS = [
 def test_real_rows_become_model_inputs():
     cfg = tiny_model_config()
     rows = row_batch(8)
-    b = ProtCLIPCollator(cfg, LossConfig(), seed=0)(rows, seed=1)
+    b = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=0)(rows, seed=1)
     assert sorted(b) == sorted(INT_KEYS)
     assert all(v.dtype == torch.int64 for v in b.values())
     B = len(rows)
@@ -64,7 +71,7 @@ def test_subtexts_from_offsets_match_header_split():
 
 def test_deterministic_seeding_and_epochs():
     cfg = tiny_model_config()
-    col = ProtCLIPCollator(cfg, LossConfig(), seed=7)
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=7)
     rows = row_batch(6)
     a, b = col(rows), col(rows)
     assert all(torch.equal(a[k], b[k]) for k in a)  # seed derived from (seed, epoch, accessions)
@@ -77,7 +84,7 @@ def test_deterministic_seeding_and_epochs():
 def test_picklable_and_batch_formats():
     pd = pytest.importorskip("pandas")
     cfg = tiny_model_config()
-    col = ProtCLIPCollator(cfg, LossConfig(), seed=0, as_numpy=True)
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=0, as_numpy=True)
     rows = row_batch(5)
     ref = col(rows, seed=2)
     assert all(isinstance(v, np.ndarray) for v in ref.values())
@@ -90,7 +97,7 @@ def test_picklable_and_batch_formats():
 
 
 def test_bad_rows_fail_with_a_clear_message():
-    col = ProtCLIPCollator(tiny_model_config(), LossConfig())
+    col = ProtCLIPCollator(collate_config(tiny_model_config(), LossConfig()))
     row = dict(row_batch(1)[0])
     with pytest.raises(ValueError, match=row["accession"]):
         col([row | {"property_offsets": [{"property": "function", "start": 0, "end": 10**6}]}])
@@ -109,3 +116,18 @@ def test_protein_tokenizer_matches_hf_esm_tokenizer():
         assert tok.encode(seq).tolist() == hf(seq)["input_ids"]
     assert tok.encode("MKTAYIAK").tolist() == [0, 20, 15, 11, 5, 19, 12, 5, 15, 2]
     assert tok.encode("MK*J").tolist() == [0, 20, 15, 3, 3, 2]  # outside the alphabet -> <unk>
+
+
+def test_collate_config_mirrors_the_model_and_loss_sections():
+    """The data layer's defaults cannot drift from the run config's, and every collation field is carried over."""
+    assert collate_config(ModelConfig(), LossConfig()) == CollateConfig()
+    mc = tiny_model_config(mode="released", text_tokenizer="vocab_dir", max_protein_length=40)
+    lc = LossConfig(mlm_probability=0.2, mlm_replace="bert", span_min=2, span_max=3, span_fraction=0.3,
+                    span_source="features", span_feature_types=["DOMAIN"], released_span_range=7)
+    cc = collate_config(mc, lc)
+    assert (cc.mode, cc.text_model, cc.text_tokenizer) == ("released", "random", "vocab_dir")
+    assert (cc.max_protein_length, cc.max_residues, cc.max_text_length, cc.max_subtext_length) == (40, 38, 128, 64)
+    assert (cc.mlm_probability, cc.mlm_replace, cc.span_min, cc.span_max, cc.span_fraction) == (0.2, "bert", 2, 3, 0.3)
+    assert (cc.span_source, cc.span_feature_types, cc.released_span_range) == ("features", ["DOMAIN"], 7)
+    with pytest.raises(ValueError, match="mode"):
+        CollateConfig(mode="other")  # type: ignore[arg-type]

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from protclip.model.protclip import export_towers, param_groups
-from tests.model_helpers import row_batch, tiny
+from tests.model_helpers import ref_clip_loss, ref_forward, ref_pda, row_batch, tiny
+from tests.tolerance import ULPS_NETWORK, assert_close_rounding
+
+
+def close64(actual, expected, msg=""):
+    """float32 model output vs a float64 reference from method.md (a few layers of heads)."""
+    assert_close_rounding(actual, torch.as_tensor(expected, dtype=torch.float64), ULPS_NETWORK,
+                          dtype=torch.float32, msg=msg)  # fmt: skip
+
 
 GROUPS = ("protein_tower", "text_tower", "protein_proj", "text_proj", "mlm_head", "bsr_head", "decoder",
           "prototypes", "logit_scale", "local_logit_scale")  # fmt: skip
@@ -64,6 +72,16 @@ def test_full_forward_backward_on_real_rows(mode, batch_rows):
     expected = terms["loss_gc"] + 0.7 * terms["loss_bsr"] + 0.3 * terms["loss_mlm"] + 1.0 * terms["loss_pda"]
     torch.testing.assert_close(terms["loss"], expected)
     assert abs(terms["loss_pda"].item() - torch.log(torch.tensor(4.0)).item()) < 1.0  # 4-way InfoNCE at init
+    # ... and exactly the 4-way InfoNCE of method.md at the initial PDA temperature 0.1 (GC: 0.07), in the
+    # direction(s) of the mode; a wrong temperature passes the bound above but not this
+    close64(out["local_logit_scale"], [10.0], "PDA multiplier at init")
+    close64(out["logit_scale"], [1 / 0.07], "GC multiplier at init")
+    pda = ref_pda(out["pda_tokens"].detach(), out["pda_token_mask"], out["pda_queries"].detach(), scale=10.0)
+    assert pda["theta_margin"] > 1e-5
+    want = (pda["e2q"] + pda["q2e"]) / 2 if mode == "paper" else pda["e2q"]
+    close64(terms["loss_pda"], want, "loss_pda at init")
+    p, t = out["protein_features"].detach(), out["text_features"].detach()
+    close64(terms["loss_gc"], ref_clip_loss(p, t, 1 / 0.07), "loss_gc at init")
     terms["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -101,6 +119,15 @@ def test_frozen_parts_param_groups_and_encoders(batch_rows):
         )
         ids = batch["protein_input_ids"]
         assert model.mlm_logits(ids, batch["protein_attention_mask"]).shape == (*ids.shape, 33)
+    # the pooling itself (the comparisons above share the model's pooling function): paper mode is a masked
+    # mean over residues (protein, no <cls>/<eos>/padding) and over attended tokens (text), per method.md
+    ref = ref_forward(model, batch, "paper")
+    with torch.no_grad():
+        close64(
+            model.encode_protein(ids, batch["protein_attention_mask"]), ref["protein_features"], "protein"
+        )
+        close64(model.encode_text(batch["text_input_ids"], batch["text_attention_mask"]), ref["text_features"],
+                "text")  # fmt: skip
 
 
 def test_export_towers_loads_with_plain_transformers(tmp_path, batch_rows):

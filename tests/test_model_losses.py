@@ -18,6 +18,14 @@ from protclip.model.losses import (
     pda_segments,
 )
 from protclip.model.losses.pda import pda_logits
+from tests.model_helpers import ref_pda
+from tests.tolerance import ULPS_NETWORK, assert_close_rounding
+
+
+def close64(actual, expected, msg=""):
+    """A float32 PDA computation against the float64 reference of method.md §4.4 (a few reductions, a
+    division by the min-max range, a normalisation: the few-layer rounding budget)."""
+    assert_close_rounding(actual, expected, ULPS_NETWORK, dtype=torch.float32, msg=msg)
 
 
 # ------------------------------------------------------------------------------------------------ PDA
@@ -35,6 +43,22 @@ def test_pda_permuting_properties_permutes_logits():
     tokens, mask, queries, scale = random_pda_inputs()
     perm = torch.tensor([2, 0, 3, 1])
     seg, w = pda_segments(tokens, mask, queries)
+    # the weights and logits themselves are method.md's: min-max over the masked tokens, cut at 0.3, renormalised
+    ref = ref_pda(tokens, mask, queries, scale=10.0)
+    assert ref["theta_margin"] > 1e-5  # no score sits on theta, so float32 and float64 cut the same tokens
+    close64(w, ref["weights"], "PDA weights")
+    close64(seg, ref["segments"], "PDA segments")
+    close64(pda_logits(seg, queries, scale), ref["logits"], "PDA logits")
+    # ... and this input exercises both steps: raw scores fall outside [0, 1], and the cut drops real residues
+    s_raw = torch.einsum("bkd,bld->bkl", queries, tokens)[mask[:, None, :].expand(-1, 4, -1)]
+    assert s_raw.min() < -1 and s_raw.max() > 1
+    cut = (w == 0) & mask[:, None, :]
+    assert cut.sum(-1).min() >= 1 and (w > 0).sum(-1).min() >= 1
+    for sym in (True, False):
+        want = (ref["e2q"] + ref["q2e"]) / 2 if sym else ref["e2q"]
+        close64(
+            pda_loss(tokens, mask, queries, scale, symmetric=sym)["loss_pda"], want, f"loss symmetric={sym}"
+        )
     seg_p, w_p = pda_segments(tokens, mask, queries[:, perm])
     torch.testing.assert_close(w_p, w[:, perm])
     logits, logits_p = pda_logits(seg, queries, scale), pda_logits(seg_p, queries[:, perm], scale)
@@ -83,6 +107,12 @@ def test_pda_released_direction_is_repeated():
     torch.testing.assert_close(
         pda_loss(tokens, mask, queries, scale, symmetric=True)["loss_pda"], (e2q + q2e) / 2
     )
+    # the same against the float64 reference, whose two directions differ clearly on this input
+    ref = ref_pda(tokens, mask, queries, scale=10.0)
+    assert ref["theta_margin"] > 1e-5 and abs(float(ref["e2q"] - ref["q2e"])) > 1e-2
+    close64(pda_loss(tokens, mask, queries, scale, symmetric=False)["loss_pda"], ref["e2q"], "released PDA")
+    close64(pda_loss(tokens, mask, queries, scale, symmetric=True)["loss_pda"], (ref["e2q"] + ref["q2e"]) / 2,
+            "paper PDA")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ GC

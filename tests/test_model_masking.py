@@ -1,10 +1,11 @@
-"""Cropping, MLM masking and BSR span masking (definitions in protclip/model/masking.py)."""
+"""Cropping, MLM masking and BSR span masking (definitions in protclip/data/masking.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from protclip.data import masking
 from protclip.data.collate import ProtCLIPCollator
 from protclip.data.tokenizers import (
     ESM_CLS,
@@ -14,8 +15,7 @@ from protclip.data.tokenizers import (
     ESM_STANDARD_AA_IDS,
     ProteinTokenizer,
 )
-from protclip.model import masking
-from protclip.model.config import LossConfig, tiny_model_config
+from protclip.model.config import LossConfig, collate_config, tiny_model_config
 from tests.model_helpers import row_batch
 
 
@@ -50,7 +50,7 @@ def test_mlm_positions_exact_count(n):
 
 def test_collated_mlm_exact_share_never_special_or_padding():
     cfg = tiny_model_config()
-    col = ProtCLIPCollator(cfg, LossConfig(), seed=3)
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=3)
     rows = row_batch(8) + synthetic_rows([1, 3, 9])
     b = col(rows, seed=11)
     ids, am = b["protein_input_ids"].numpy(), b["protein_attention_mask"].numpy()
@@ -80,7 +80,7 @@ def test_mlm_bert_replacement_80_10_10():
 
 def test_released_mlm_is_bernoulli():
     cfg = tiny_model_config(mode="released")
-    b = ProtCLIPCollator(cfg, LossConfig())(synthetic_rows([128] * 16), seed=0)
+    b = ProtCLIPCollator(collate_config(cfg, LossConfig()))(synthetic_rows([128] * 16), seed=0)
     counts = (b["mlm_labels"] != -100).sum(1).numpy()
     assert len(set(counts.tolist())) > 1  # not a fixed count per sequence
     assert abs(counts.mean() / 128 - 0.15) < 0.04
@@ -104,7 +104,7 @@ def test_paper_spans_contiguous_5_to_10_covering_15_percent(n):
 def test_collated_spans_per_sequence_never_special_or_padding():
     cfg = tiny_model_config()
     rows = row_batch(8) + synthetic_rows([2, 7, 20])
-    b = ProtCLIPCollator(cfg, LossConfig(), seed=1)(rows, seed=5)
+    b = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=1)(rows, seed=5)
     ids, am = b["protein_input_ids"].numpy(), b["protein_attention_mask"].numpy()
     sids, lab = b["span_input_ids"].numpy(), b["span_labels"].numpy()
     for i in range(len(rows)):
@@ -153,14 +153,14 @@ def test_collator_uses_row_features_for_spans():
     cfg = tiny_model_config(max_protein_length=102)
     lc = LossConfig(span_source="features", span_feature_types=["DOMAIN"])
     row = synthetic_rows([100])[0] | {"features": [{"type": "DOMAIN", "start": 41, "end": 47, "note": "x"}]}
-    b = ProtCLIPCollator(cfg, lc)([row], seed=0)
+    b = ProtCLIPCollator(collate_config(cfg, lc))([row], seed=0)
     chosen = np.flatnonzero(b["span_labels"][0].numpy() != -100)
     assert (41, 48) in runs(chosen)  # residues 41..47 are tokens 41..47 (token 0 is <cls>)
 
 
 def test_released_spans_tied_to_batch_padding():
     cfg = tiny_model_config(mode="released", max_protein_length=1024)
-    col = ProtCLIPCollator(cfg, LossConfig())
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig()))
     shares = []
     for seed in range(10):
         b = col(synthetic_rows([10, 1000], seed=seed), seed=seed)
@@ -189,7 +189,7 @@ def test_random_crop_in_paper_training_prefix_in_released_and_eval():
     starts = set()
     for mode, train in [("paper", True), ("released", True), ("paper", False)]:
         cfg = tiny_model_config(mode=mode)
-        col = ProtCLIPCollator(cfg, LossConfig(), train=train)
+        col = ProtCLIPCollator(collate_config(cfg, LossConfig()), train=train)
         for seed in range(8):
             ids = col([row], seed=seed)["protein_input_ids"][0].numpy()
             assert len(ids) == cfg.max_protein_length and ids[0] == ESM_CLS and ids[-1] == ESM_EOS

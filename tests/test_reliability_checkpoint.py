@@ -138,7 +138,7 @@ def test_ray_worker_resume_path_skips_the_damaged_latest(run_dir, monkeypatch):
 def test_driver_peek_ignores_a_half_uploaded_checkpoint(run_dir):
     """The restarted driver reads the resume state (epoch, step) from the newest *complete* checkpoint."""
     from protclip.config import load_config
-    from protclip.train.config import PretrainConfig
+    from protclip.recipes.pretrain import PretrainConfig
     from protclip.train.trainer import peek_latest_state
 
     run, _ = run_dir

@@ -59,7 +59,7 @@ def _overrides(data_uri: str, storage_path: str, name: str, endpoint: str, **tra
 
 def _cfg(env, name: str, storage_path: str | None = None, **train):
     from protclip.config import load_config
-    from protclip.train.config import PretrainConfig
+    from protclip.recipes.pretrain import PretrainConfig
 
     return load_config(PretrainConfig, None, _overrides(env["data"], storage_path or str(env["tmp"] / "runs"), name,
                                                         env["endpoint"], **train))
@@ -110,7 +110,7 @@ def _assert_matches_reference(got: list[tuple[int, float]], ref: dict[int, float
 
 @pytest.fixture(scope="module")
 def reference(env) -> dict[int, float]:
-    from protclip.train.trainer import run_pretrain
+    from protclip.recipes.pretrain import run_pretrain
 
     res = run_pretrain(_cfg(env, "reference"))
     hist = _history(env, res.run_id)
@@ -146,7 +146,7 @@ def _scan_for_secrets(env, extra_texts: list[str] = (), storage_root: Path | Non
 def test_worker_killed_mid_run_restarts_from_checkpoint_with_identical_losses(env, reference, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from protclip.train.trainer import run_pretrain
+    from protclip.recipes.pretrain import run_pretrain
 
     marker = env["tmp"] / "kill.marker"
     monkeypatch.setenv("PROTCLIP_FAULT_AT_STEP", "3")

@@ -260,7 +260,7 @@ def test_truncated_gzip_keeps_complete_records_and_reports_the_damage(uniprot_da
 
 
 def test_non_standard_residues_policy(fuzz):
-    """Documented policy (protclip/data/uniprot.py, tokenizers.py): U, O, B, Z, X are valid and kept as is;
+    """Documented policy (protclip/data/uniprot/reader.py, tokenizers.py): U, O, B, Z, X are valid and kept as is;
     lowercase or other characters make the record malformed; the ESM tokenizer maps U/O/B/Z/X to their own ids,
     lowercase to the upper-case residue and anything else to <unk>."""
     from protclip.data.tokenizers import ESM_UNK, ESM_VOCAB, ProteinTokenizer

@@ -20,7 +20,7 @@ from protclip.data.schema import record_to_row, rows_to_table
 from protclip.data.stages import collate_windows
 from protclip.data.tokenizers import ProteinTokenizer
 from protclip.data.uniprot import parse_file
-from protclip.model.config import tiny_model_config
+from protclip.model.config import collate_config, tiny_model_config
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 GIANT = 100_000
@@ -45,7 +45,7 @@ def _cfg() -> DataConfig:
 
 
 def _collator(train: bool = True):
-    return make_collator(_cfg(), tiny_model_config(), train=train)
+    return make_collator(_cfg(), collate_config(tiny_model_config()), train=train)
 
 
 def test_giant_rows_are_cropped_to_the_token_budget(rows):
@@ -99,7 +99,7 @@ def test_model_step_on_the_worst_case_micro_batch(rows):
     torch.manual_seed(0)
     model = build_model(mcfg, lcfg)
     model.train()
-    coll = make_collator(_cfg(), (mcfg, lcfg))
+    coll = make_collator(_cfg(), collate_config(mcfg, lcfg))
     coll.as_numpy = False
     mb = coll(rows[0:16:4], seed=7)
     assert mb["protein_input_ids"].shape == (MBS, MAXP) and bool(mb["protein_attention_mask"].all())

@@ -130,9 +130,10 @@ def _config_sections_with_credentials():
     from protclip.data.build import BuildConfig  # noqa: F401  (imported so its section classes exist)
     from protclip.eval.config import EvaluateConfig
     from protclip.finetune.config import FinetuneConfig
-    from protclip.jobs_build import BuildJobConfig
+    from protclip.recipes.build_protanno import BuildJobConfig
+    from protclip.recipes.pretrain import PretrainConfig
     from protclip.storage import StorageConfig
-    from protclip.train.config import PretrainConfig, RunStorageConfig
+    from protclip.train.config import RunStorageConfig
 
     return [StorageConfig, RunStorageConfig, PretrainConfig, BuildJobConfig, FinetuneConfig, EvaluateConfig]
 
@@ -172,8 +173,8 @@ def test_planted_secret_reaches_no_mlflow_entry(tmp_path, monkeypatch):
     """Config secret, env secret and a URL password, pushed through every RunLogger entry point: the MLflow store
     (raw sqlite bytes) and artifact folder never contain them."""
     from protclip.config import load_config
+    from protclip.recipes.pretrain import PretrainConfig
     from protclip.tracking import RunLogger, TrackingConfig, open_run, secrets_of
-    from protclip.train.config import PretrainConfig
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV_SECRET)
     monkeypatch.chdir(tmp_path)

@@ -14,11 +14,12 @@ import contextlib
 import pytest
 import torch
 
+from protclip.data.masking import IGNORE_INDEX
 from protclip.model.config import RandomTowerConfig
 from protclip.model.losses.contrastive import global_contrastive_loss
 from protclip.model.losses.total import loss_weights
 from protclip.model.protclip import seeded_passes
-from protclip.train.step import IGNORE_INDEX, draw_step_seed, forward_backward, micro_batch_seed
+from protclip.train.step import draw_step_seed, forward_backward, micro_batch_seed
 from tests.tolerance import ULPS_NETWORK, ULPS_REDUCTION, assert_close_rounding
 from tests.train_helpers import run_gloo, split_batch, synthetic_rows, tiny_setup
 

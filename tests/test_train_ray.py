@@ -13,8 +13,8 @@ import pytest
 from protclip.config import load_config
 from protclip.data.schema import record_to_row, rows_to_table
 from protclip.data.uniprot import parse_file
+from protclip.recipes.pretrain import PretrainConfig
 from protclip.storage import filesystem
-from protclip.train.config import PretrainConfig
 
 pytestmark = pytest.mark.ray
 
@@ -75,7 +75,7 @@ def env(tmp_path_factory, uniprot_dat, s3_server, ray_local):
 
 @pytest.fixture(scope="module")
 def full_run(env):
-    from protclip.train.trainer import run_pretrain
+    from protclip.recipes.pretrain import run_pretrain
 
     cfg = _cfg(env["data"], env["storage"], "full", env["endpoint"])
     return run_pretrain(cfg)
@@ -129,7 +129,7 @@ def test_end_to_end_s3_mlflow_export(env, full_run, tmp_path):
 
 
 def test_restarted_run_reproduces_uninterrupted_losses(env, full_run):
-    from protclip.train.trainer import run_pretrain
+    from protclip.recipes.pretrain import run_pretrain
 
     first = run_pretrain(_cfg(env["data"], env["storage"], "resumed", env["endpoint"], stop_at_step=CKPT))
     second = run_pretrain(_cfg(env["data"], env["storage"], "resumed", env["endpoint"]))

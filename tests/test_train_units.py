@@ -175,7 +175,7 @@ def test_checkpoint_roundtrip_two_ranks_and_commit_marker(tmp_path):
 
 
 def test_config_errors_are_clear(tmp_path):
-    from protclip.train.config import PretrainConfig
+    from protclip.recipes.pretrain import PretrainConfig
 
     with pytest.raises(ConfigError, match="data.uri"):
         load_config(PretrainConfig, None, [])

@@ -14,6 +14,7 @@ import pytest
 from protclip.data.schema import record_to_row
 from protclip.data.uniprot import (
     MalformedRecord,
+    TsvFormatError,
     UniProtRecord,
     chunk_ranges,
     find_record_boundaries,
@@ -21,15 +22,17 @@ from protclip.data.uniprot import (
     iter_raw_records,
     iter_record_batches,
     iter_records,
+    iter_tsv_records,
     line_numbers_at,
     open_uniprot,
     parse_file,
     parse_raw_batch,
+    read_tsv,
 )
-from protclip.data.uniprot_crc import crc64, crc64_bytes, crc64_many, crc64_reference
-from protclip.data.uniprot_de import DEFormatError, parse_de
-from protclip.data.uniprot_ft import join_wrapped, parse_features
-from protclip.data.uniprot_tsv import TsvFormatError, iter_tsv_records, read_tsv
+from protclip.data.uniprot.crc import crc64, crc64_bytes, crc64_many, crc64_reference
+from protclip.data.uniprot.de import DEFormatError, parse_de
+from protclip.data.uniprot.ft import parse_features
+from protclip.data.uniprot.text import join_wrapped
 from protclip.paths import shared_data_dir
 
 SAMPLES = shared_data_dir() / "uniprot_samples"

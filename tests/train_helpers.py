@@ -40,7 +40,7 @@ def synthetic_rows(n: int, seed: int = 0, min_len: int = 20, max_len: int = 60) 
 def tiny_setup(seed: int = 0, **model_overrides):
     """(model, loss_fn, collator) with a tiny random-init model; deterministic for a given seed."""
     from protclip.data.collate import ProtCLIPCollator
-    from protclip.model.config import LossConfig, tiny_model_config
+    from protclip.model.config import LossConfig, collate_config, tiny_model_config
     from protclip.model.losses import ProtCLIPLoss
     from protclip.model.protclip import build_model
 
@@ -48,7 +48,7 @@ def tiny_setup(seed: int = 0, **model_overrides):
     lcfg = LossConfig()
     torch.manual_seed(seed)
     model = build_model(mcfg, lcfg)
-    return model, ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(mcfg, lcfg, seed=seed)
+    return model, ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(collate_config(mcfg, lcfg), seed=seed)
 
 
 def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:

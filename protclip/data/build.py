@@ -34,9 +34,16 @@ import pyarrow.parquet as pq
 from protclip import storage
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import PROTANNO_SCHEMA, SCHEMA_VERSION, record_to_row
-from protclip.data.uniprot import parse_raw_batch
-from protclip.data.uniprot_records import MalformedRecord, RawRecord, UniProtRecord
-from protclip.data.uniprot_split import find_record_boundaries, iter_raw_records, iter_record_batches
+from protclip.data.uniprot import (
+    MalformedRecord,
+    RawRecord,
+    UniProtRecord,
+    find_record_boundaries,
+    iter_raw_records,
+    iter_record_batches,
+    iter_tsv_records,
+    parse_raw_batch,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -160,8 +167,6 @@ def _read_gz_stream(uri: str, cfg, chunk_bytes: int) -> Iterator[pa.Table]:
 def _read_tsv(uri: str, cfg) -> Iterator[pa.Table]:
     """TSV exports are parsed in the read task itself (rows are one line each; no split step needed)."""
     import gzip
-
-    from protclip.data.uniprot_tsv import iter_tsv_records
 
     with _open(uri, cfg) as raw_f:
         f = gzip.GzipFile(fileobj=raw_f, mode="rb") if uri.lower().endswith(".gz") else raw_f

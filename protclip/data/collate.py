@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
+from protclip.data import masking
 from protclip.data.tokenizers import ESM_MASK, ESM_PAD, ESM_STANDARD_AA_IDS, ProteinTokenizer
-from protclip.model import masking
-from protclip.model.config import LossConfig, ModelConfig
 
 PROPERTIES = ("protein_name", "function", "subcellular_location", "similarity")
 #: Header of each property inside ``text``; an absent property is encoded as its bare header ("FUNCTION:").
@@ -35,6 +35,51 @@ HEADERS = {
     "similarity": "SIMILARITY:",
 }
 _NEEDED = ("sequence", "text")
+
+
+@dataclass
+class CollateConfig:
+    """Everything collation reads: lengths, the text vocab's source, and the masking that feeds MLM and BSR.
+
+    The data layer's own view of the run config, so collation never depends on the model package; the model
+    section builds one with ``protclip.model.config.collate_config``. Defaults equal the model and loss sections'
+    (tested).
+    """
+
+    # "paper" = random crop in training, exact MLM count, per-sequence BSR spans; "released" = the released
+    # code's N-terminal crop, Bernoulli MLM and batch-wide drifting span sampler
+    mode: Literal["paper", "released"] = "paper"
+    # text vocab source: ``text_tokenizer`` if set, else ``text_model`` (tokenizers.text_tokenizer_dir)
+    text_model: str = "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract"
+    text_tokenizer: str = ""
+    max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped
+    max_text_length: int = 512  # full text tokens incl. [CLS]/[SEP] (truncated)
+    max_subtext_length: int = 512  # per property sub-text tokens (truncated)
+    mlm_probability: float = 0.15  # share of residues masked for MLM
+    mlm_replace: Literal["mask", "bert"] = "mask"  # "bert" = 80% <mask> / 10% random aa / 10% kept
+    span_min: int = 5  # BSR span length range (inclusive), paper mode
+    span_max: int = 10
+    span_fraction: float = 0.15  # BSR spans cover at least this share of the residues
+    span_source: Literal["random", "features"] = "random"  # "features": UniProt positional features first
+    span_feature_types: list[str] = field(default_factory=lambda: list(masking.DEFAULT_SPAN_FEATURE_TYPES))
+    released_span_range: int = 10  # released mode: starting span range of the drifting sampler
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("paper", "released"):
+            raise ValueError(f"collate: mode must be 'paper' or 'released', got {self.mode!r}")
+        if self.mlm_replace not in ("mask", "bert"):
+            raise ValueError(f"collate: mlm_replace must be 'mask' or 'bert', got {self.mlm_replace!r}")
+        if self.span_source not in ("random", "features"):
+            raise ValueError(f"collate: span_source must be 'random' or 'features', got {self.span_source!r}")
+        if self.max_protein_length < 3:
+            raise ValueError(f"collate: max_protein_length must be >= 3, got {self.max_protein_length}")
+        if not 1 <= self.span_min <= self.span_max:
+            raise ValueError(f"collate: need 1 <= span_min <= span_max, got {self.span_min}..{self.span_max}")
+
+    @property
+    def max_residues(self) -> int:
+        """Residues kept per protein after cropping (the length budget minus <cls> and <eos>)."""
+        return self.max_protein_length - 2
 
 
 def split_properties(text: str) -> dict[str, str]:
@@ -105,15 +150,9 @@ class ProtCLIPCollator:
     """``collator(rows, seed=None) -> dict`` of padded model inputs; see the module docstring for the keys."""
 
     def __init__(
-        self,
-        model_cfg: ModelConfig,
-        loss_cfg: LossConfig | None = None,
-        train: bool = True,
-        seed: int = 0,
-        as_numpy: bool = False,
+        self, cfg: CollateConfig, train: bool = True, seed: int = 0, as_numpy: bool = False
     ) -> None:
-        self.model_cfg = model_cfg
-        self.loss_cfg = loss_cfg or LossConfig()
+        self.cfg = cfg
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -130,7 +169,7 @@ class ProtCLIPCollator:
     def required_columns(self) -> list[str]:
         """Row fields this collator reads (``features`` only when spans come from positional features)."""
         cols = ["accession", "sequence", "text", "property_offsets"]
-        return cols + (["features"] if self.loss_cfg.span_source == "features" else [])
+        return cols + (["features"] if self.cfg.span_source == "features" else [])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -147,7 +186,7 @@ class ProtCLIPCollator:
             from protclip.data.tokenizers import load_text_tokenizer, text_tokenizer_dir
 
             self._text_tok = load_text_tokenizer(
-                text_tokenizer_dir(self.model_cfg.text_model, self.model_cfg.text_tokenizer)
+                text_tokenizer_dir(self.cfg.text_model, self.cfg.text_tokenizer)
             )
         return self._text_tok
 
@@ -173,8 +212,8 @@ class ProtCLIPCollator:
 
     # ------------------------------------------------------------------------------------------ proteins
     def _proteins(self, rows: list[Mapping[str, Any]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        mc, lc = self.model_cfg, self.loss_cfg
-        released = mc.mode == "released"
+        c = self.cfg
+        released = c.mode == "released"
         crop_rng = rng if (self.train and not released) else None
         tok = self.protein_tokenizer
         ids, mlm_ids, mlm_lab, span_ids, span_lab = [], [], [], [], []
@@ -182,13 +221,13 @@ class ProtCLIPCollator:
             seq = str(r["sequence"])
             if not seq:
                 raise ValueError(f"collate: row {r.get('accession', '?')} has an empty sequence")
-            start = masking.crop_start(len(seq), mc.max_residues, crop_rng)
-            res = tok.encode_residues(seq[start : start + mc.max_residues])
+            start = masking.crop_start(len(seq), c.max_residues, crop_rng)
+            res = tok.encode_residues(seq[start : start + c.max_residues])
             n = len(res)
             full = np.concatenate([[tok.cls_id], res, [tok.eos_id]]).astype(np.int64)
             ids.append(full)
-            pos = masking.mlm_positions(n, lc.mlm_probability, rng, exact=not released) + 1
-            m_ids, m_lab = masking.apply_mask(full, pos, ESM_MASK, rng, lc.mlm_replace, ESM_STANDARD_AA_IDS)
+            pos = masking.mlm_positions(n, c.mlm_probability, rng, exact=not released) + 1
+            m_ids, m_lab = masking.apply_mask(full, pos, ESM_MASK, rng, c.mlm_replace, ESM_STANDARD_AA_IDS)
             mlm_ids.append(m_ids)
             mlm_lab.append(m_lab)
             if not released:
@@ -206,7 +245,7 @@ class ProtCLIPCollator:
         }
         if released:
             residues = (input_ids != ESM_PAD) & (input_ids != tok.cls_id) & (input_ids != tok.eos_id)
-            area = masking.released_fragment_mask(residues, lc.released_span_range, rng)
+            area = masking.released_fragment_mask(residues, c.released_span_range, rng)
             out["span_input_ids"] = np.where(area, ESM_MASK, input_ids)
             out["span_labels"] = np.where(area, input_ids, masking.IGNORE_INDEX)
         else:
@@ -217,22 +256,22 @@ class ProtCLIPCollator:
     def _span_positions(
         self, row: Mapping[str, Any], start: int, n: int, rng: np.random.Generator
     ) -> np.ndarray:
-        lc = self.loss_cfg
+        c = self.cfg
         feats = row.get("features")
-        if lc.span_source == "features" and feats is not None and len(feats) > 0:
+        if c.span_source == "features" and feats is not None and len(feats) > 0:
             spans = masking.feature_spans(
-                feats, start, n, set(lc.span_feature_types), lc.span_min, lc.span_max, lc.span_fraction, rng
+                feats, start, n, set(c.span_feature_types), c.span_min, c.span_max, c.span_fraction, rng
             )
         else:
-            spans = masking.random_spans(n, lc.span_min, lc.span_max, lc.span_fraction, rng)
+            spans = masking.random_spans(n, c.span_min, c.span_max, c.span_fraction, rng)
         return masking.spans_to_positions(spans)
 
     # ------------------------------------------------------------------------------------------ texts
     def _texts(self, rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        mc, tok = self.model_cfg, self.text_tokenizer
+        c, tok = self.cfg, self.text_tokenizer
         texts = [str(r["text"]) for r in rows]
         full = tok(
-            texts, truncation=True, max_length=mc.max_text_length, padding="longest", return_tensors="np"
+            texts, truncation=True, max_length=c.max_text_length, padding="longest", return_tensors="np"
         )
         subs, present = [], []
         for r in rows:
@@ -240,7 +279,7 @@ class ProtCLIPCollator:
             subs.extend(s)
             present.append(p)
         sub = tok(
-            subs, truncation=True, max_length=mc.max_subtext_length, padding="longest", return_tensors="np"
+            subs, truncation=True, max_length=c.max_subtext_length, padding="longest", return_tensors="np"
         )
         b, k = len(rows), len(PROPERTIES)
         return {

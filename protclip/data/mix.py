@@ -3,7 +3,7 @@
 The pipeline needs the counts before training (step estimate, validation cap, MLflow logging), so it reads only
 the four metadata columns once: every read task counts its row groups for all sampling epochs at once
 (:func:`protclip.data.stages.metadata_counts`), and the driver adds up those partial counts (a few rows per row
-group). :func:`sample_mix` is the general form for any Dataset or Arrow table, aggregated the same way.
+group).
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from protclip.data.config import DataConfig
 from protclip.data.parquet_files import ParquetInventory
-from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.stages import count_mix, metadata_counts, mix_key
 
 MixDict = dict[tuple[bool, int, int], int]
@@ -70,38 +68,6 @@ def compute_mix(inv: ParquetInventory, data_cfg: DataConfig) -> MixCounts:
     for e, se in enumerate(data_cfg.sampling_epochs):
         out.train[e] = dict(sorted(by_sampling_epoch[se].items()))
     return out
-
-
-def _block_mix(batch: pa.Table, *, sampling: SamplingConfig, epoch: int) -> pa.Table:
-    """Partial counts of one block: rows kept at ``epoch`` per (reviewed, PE, k)."""
-    m = keep_mask(batch["reviewed"].to_numpy(zero_copy_only=False), batch["protein_existence"].to_numpy(),
-                  batch["n_properties"].to_numpy(), batch["accession"], sampling, epoch)
-    kept = batch.select(_GROUP).filter(pa.array(m, type=pa.bool_()))
-    return kept.group_by(_GROUP).aggregate([([], "count_all")]).rename_columns([*_GROUP, "n"])
-
-
-def sample_mix(ds_or_table: Any, sampling_cfg: SamplingConfig, epoch: int = 0) -> MixDict:
-    """Rows the sampler keeps at ``epoch``, per (reviewed, PE, k), over all rows of a Dataset or Arrow table.
-
-    A Ray Dataset is sampled and counted per block in ``map_batches`` on the workers; the driver adds the partial
-    counts (a few rows per block). Ray's ``groupby().count()`` gives the same numbers but starts a hash shuffle,
-    which took about 30 s for 103 rows on a busy 2-core machine. (The pipeline's own mix also excludes the
-    validation rows; see :func:`compute_mix`.)
-    """
-    if isinstance(ds_or_table, pa.Table):
-        parts = [_block_mix(ds_or_table, sampling=sampling_cfg, epoch=epoch)]
-    else:
-        import ray
-
-        ds = ds_or_table.select_columns(["accession", *_GROUP]).map_batches(
-            partial(_block_mix, sampling=sampling_cfg, epoch=epoch), batch_format="pyarrow", zero_copy_batch=True)
-        parts = [p for p in ray.get(ds.to_arrow_refs()) if p.num_rows]
-    if not parts:
-        return {}
-    d = pa.concat_tables(parts).group_by(_GROUP).aggregate([("n", "sum")]).to_pydict()
-    return dict(sorted(((bool(r), int(p), int(k)), int(n))
-                       for r, p, k, n in zip(d["reviewed"], d["protein_existence"], d["n_properties"], d["n_sum"],
-                                             strict=True)))
 
 
 def mix_metrics(mix: dict[int, MixDict]) -> dict[str, int]:

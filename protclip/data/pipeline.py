@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from protclip.data.collate import CollateConfig, ProtCLIPCollator
 from protclip.data.config import DataConfig
-from protclip.data.mix import compute_mix, mix_metrics, sample_mix
+from protclip.data.mix import compute_mix, mix_metrics
 from protclip.data.parquet_files import ParquetInventory, inspect_parquet
 from protclip.data.sampling import SamplingConfig
 from protclip.data.schema import SCHEMA_VERSION
@@ -47,8 +48,8 @@ from protclip.data.stages import DETERMINISTIC_FLAG, SplitRule, collate_windows,
 from protclip.storage import StorageConfig, redact
 
 __all__ = [
-    "PretrainData", "build_pretrain_datasets", "iter_micro_batches", "ray_data_config", "sample_mix",
-    "mix_metrics", "make_collator", "sampled_rows", "EpochDataStats",
+    "PretrainData", "build_pretrain_datasets", "iter_micro_batches", "ray_data_config",
+    "mix_metrics", "make_collator", "sampled_rows",
 ]  # fmt: skip
 
 _log = logging.getLogger(__name__)
@@ -86,25 +87,20 @@ class PretrainData:
 def make_collator(data_cfg: DataConfig, collate_cfg_or_collator: Any, *, train: bool = True) -> Any:
     """The collator the collate tasks call, with the data section's length limits applied.
 
-    Accepts a ``ProtCLIPCollator`` (copied), a ``ModelConfig``, a ``(ModelConfig, LossConfig)`` pair, or any
-    callable ``collator(rows, seed=...) -> dict of arrays`` (used as is).
+    Accepts a ``ProtCLIPCollator`` (copied), a ``CollateConfig``, or any callable
+    ``collator(rows, seed=...) -> dict of arrays`` (used as is).
     """
-    from protclip.data.collate import ProtCLIPCollator
-    from protclip.model.config import LossConfig, ModelConfig
-
     obj = collate_cfg_or_collator
-    if isinstance(obj, ModelConfig):
-        obj = ProtCLIPCollator(obj, LossConfig())
-    elif isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], ModelConfig):
-        obj = ProtCLIPCollator(obj[0], obj[1] or LossConfig())
+    if isinstance(obj, CollateConfig):
+        obj = ProtCLIPCollator(obj)
     elif isinstance(obj, ProtCLIPCollator):
         obj = copy.copy(obj)
     elif not callable(obj):
-        raise TypeError(f"collate_cfg_or_collator: expected a ProtCLIPCollator, ModelConfig, (ModelConfig, "
-                        f"LossConfig) or a callable, got {type(obj).__name__}")
+        raise TypeError(f"collate_cfg_or_collator: expected a ProtCLIPCollator, CollateConfig or a callable, "
+                        f"got {type(obj).__name__}")
     if isinstance(obj, ProtCLIPCollator):
-        obj.model_cfg = dataclasses.replace(
-            obj.model_cfg,
+        obj.cfg = dataclasses.replace(
+            obj.cfg,
             max_protein_length=data_cfg.max_protein_length,
             max_text_length=data_cfg.max_text_length,
             max_subtext_length=data_cfg.max_subtext_length,
@@ -362,28 +358,3 @@ def iter_micro_batches(
             t = torch.from_numpy(np.ascontiguousarray(a) if a.ndim else a)  # scalars (epoch, counts) stay 0-d
             out[k] = t.to(device, non_blocking=True) if device is not None else t
         yield out
-
-
-class EpochDataStats:
-    """Per-epoch totals of what one worker consumed: micro-batches, rows, real and padded protein tokens."""
-
-    def __init__(self) -> None:
-        self.totals: dict[int, list[int]] = {}
-
-    def update(self, micro_batch: Mapping[str, Any]) -> None:
-        e = int(micro_batch["epoch"])
-        t = self.totals.setdefault(e, [0, 0, 0, 0])
-        t[0] += 1
-        t[1] += int(micro_batch["protein_input_ids"].shape[0]) if "protein_input_ids" in micro_batch else 0
-        t[2] += int(micro_batch["n_real_tokens"])
-        t[3] += int(micro_batch["n_padded_tokens"])
-
-    def metrics(self, epoch: int) -> dict[str, float]:
-        mb, rows, real, padded = self.totals.get(epoch, [0, 0, 0, 0])
-        total = real + padded
-        return {
-            f"data/epoch{epoch}/micro_batches": float(mb),
-            f"data/epoch{epoch}/rows": float(rows),
-            f"data/epoch{epoch}/padding_share": float(padded / total) if total else 0.0,
-        }
-

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from protclip.data.uniprot_records import UniProtRecord
+from protclip.data.uniprot import UniProtRecord
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"protclip.schema_version"

@@ -251,12 +251,6 @@ def collate_windows(
     return out
 
 
-def padding_share(n_real: int | float, n_padded: int | float) -> float:
-    """Padded share of the protein token slots (0 when nothing was seen)."""
-    total = n_real + n_padded
-    return float(n_padded) / float(total) if total else 0.0
-
-
 def count_mix(table: pa.Table, mask: np.ndarray | None = None) -> dict[tuple[bool, int, int], int]:
     """(reviewed, PE, k) -> rows, for a table (optionally filtered by ``mask``); pure pyarrow."""
     if mask is not None:

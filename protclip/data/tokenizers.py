@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protclip.model.sources import RANDOM, resolve_source
+from protclip.sources import RANDOM, TINY_BERT_VOCAB_DIR, resolve_source
 
 #: ESM-2 vocabulary in id order (fair-esm / HF ``facebook/esm2_*``).
 ESM_VOCAB: tuple[str, ...] = (
@@ -72,8 +72,6 @@ def text_tokenizer_dir(text_model: str, text_tokenizer: str = "") -> str:
     if text_tokenizer:
         return resolve_source(text_tokenizer)
     if text_model == RANDOM:
-        from protclip.model.config import TINY_BERT_VOCAB_DIR
-
         return str(TINY_BERT_VOCAB_DIR)
     return resolve_source(text_model)
 

@@ -12,7 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from protclip.eval.alphabet import AA_INDEX, AMINO_ACIDS  # noqa: F401  (re-exported)
+from protclip.data.alphabet import AMINO_ACIDS
+from protclip.data.batching import length_batches
+from protclip.dist import resolve_device
 
 
 @runtime_checkable
@@ -34,42 +36,6 @@ class Embedder(Protocol):
     def embed_texts(self, texts: list[str], batch_size: int) -> np.ndarray: ...
 
     def mlm_log_probs(self, sequence: str, positions: list[int]) -> np.ndarray: ...
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Group indices into batches of similar length (longest first) so padding stays small.
-
-    A batch holds at most ``batch_size`` items and, when ``max_tokens`` is set, at most ``max_tokens`` padded
-    tokens (a single item longer than the budget still gets its own batch).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        # sorted longest first, so the first item of a batch fixes its padded length
-        too_many_tokens = max_tokens is not None and cur and (len(cur) + 1) * lengths[cur[0]] > max_tokens
-        if len(cur) == batch_size or too_many_tokens:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 class HFProteinEmbedder:

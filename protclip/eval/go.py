@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protclip.eval.formats.core import FormatError
+from protclip.data.formats.core import FormatError
 
 
 @dataclass

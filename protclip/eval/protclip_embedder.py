@@ -1,5 +1,5 @@
-"""An :class:`~protclip.eval.embedder.Embedder` for a ProtCLIP model, and loading that model for evaluation from a
-DCP pre-training checkpoint or an export folder, in one plain process (no process group, no Ray).
+"""An :class:`~protclip.eval.embedder.Embedder` for a loaded ProtCLIP model (loading it from a checkpoint, export
+or MLflow run is :mod:`protclip.pretrained`'s job).
 
 Which protein vector a suite gets matters: retrieval and zero-shot compare proteins with texts, so they need the
 *joint* space (``encode_protein``: pooled, projected, L2-normalised, exactly as trained); linear probes, fine-tune
@@ -12,44 +12,19 @@ Mutation effect uses the MLM head on the protein tower (masked marginals), throu
 from __future__ import annotations
 
 import copy
-import json
-import logging
-import warnings
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from protclip.eval.embedder import HFProteinEmbedder, length_batches, resolve_device
-from protclip.model.config import ModelConfig
+from protclip.data.batching import length_batches
+from protclip.dist import resolve_device
+from protclip.eval.embedder import HFProteinEmbedder
 from protclip.model.protclip import ProtCLIPModel
 
-_log = logging.getLogger(__name__)
+__all__ = ["ProtCLIPEmbedder"]
 
-__all__ = [
-    "ProtCLIPEmbedder",
-    "model_from_checkpoint",
-    "model_from_export",
-    "find_run_config",
-    "model_config_from_file",
-    "EXPORT_FILES",
-    "CONFIG_NAMES",
-]
-
-#: what ``protclip.model.protclip.export_towers`` writes (the trainer's ``<run>/export``)
-EXPORT_FILES = ("protein/config.json", "text/config.json", "heads.safetensors")
-#: run config files looked for beside a checkpoint/export and in the folders above (same names as LoRA's loader)
-CONFIG_NAMES = (
-    "protclip_model.json",
-    "config.yaml",
-    "config.yml",
-    "config.json",
-    "run_config.yaml",
-    "pretrain_config.yaml",
-)
 SPACES = ("joint", "tower")
 
 
@@ -174,147 +149,10 @@ class ProtCLIPEmbedder:
 
     @property
     def text_tokenizer(self) -> Any:
+        """The BERT tokenizer the text tower was trained with (``text_tokenizer`` or the text model source)."""
         if self._text_tok is None:
-            self._text_tok = load_model_text_tokenizer(self.model.cfg)
+            from protclip.data.tokenizers import load_text_tokenizer, text_tokenizer_dir
+
+            cfg = self.model.cfg
+            self._text_tok = load_text_tokenizer(text_tokenizer_dir(cfg.text_model, cfg.text_tokenizer))
         return self._text_tok
-
-
-def load_model_text_tokenizer(cfg: ModelConfig) -> Any:
-    """The BERT tokenizer the model's text tower was trained with (``text_tokenizer`` or the text model source)."""
-    from protclip.data.tokenizers import load_text_tokenizer, text_tokenizer_dir
-
-    return load_text_tokenizer(text_tokenizer_dir(cfg.text_model, cfg.text_tokenizer))
-
-
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def _eval_model_config(cfg: ModelConfig) -> ModelConfig:
-    """Training-only switches off (activation checkpointing)."""
-    return replace(cfg, gradient_checkpointing=False)
-
-
-def model_from_checkpoint(
-    directory: str | Path, model_cfg: ModelConfig
-) -> tuple[ProtCLIPModel, dict[str, Any]]:
-    """Load the model tensors of a (verified) DCP pre-training checkpoint into a fresh model, single process.
-
-    Returns ``(model, trainer_state)``. Only the ``model`` part of the checkpoint is read (not the optimizer);
-    DCP reshards, so a checkpoint written by any number of FSDP2 ranks loads here.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
-    from protclip.train.checkpoint import STATE_FILE, verify_checkpoint
-    from protclip.train.safe_dcp import safe_reader
-
-    root = Path(directory)
-    verify_checkpoint(root)
-    state = json.loads((root / STATE_FILE).read_text()) if (root / STATE_FILE).is_file() else {}
-    torch.manual_seed(0)
-    model = ProtCLIPModel(_eval_model_config(model_cfg))
-    sd = {"model": get_model_state_dict(model)}
-    try:
-        with warnings.catch_warnings():  # "no process group: assuming a single process" is the intent here
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-            dcp.load(sd, storage_reader=safe_reader(root))  # metadata unpickled with an allow-list
-    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException; names keys/shapes
-        raise ValueError(
-            f"checkpoint {root} could not be loaded into the configured model (model section): {e}"
-        ) from None
-    set_model_state_dict(model, sd["model"])
-    return model.eval(), state
-
-
-def model_from_export(directory: str | Path, model_cfg: ModelConfig | None = None) -> ProtCLIPModel:
-    """Load an export folder (``protein/``, ``text/`` from ``save_pretrained`` and ``heads.safetensors``).
-
-    The towers' architecture comes from their own ``config.json``; the rest of the model section (mode, lengths)
-    from ``model_cfg``, else a run config beside/above the folder, else it is inferred from the head shapes
-    (``mode`` then defaults to ``paper``, logged as a warning). Missing head weights are an error: the joint space
-    is meaningless with random projections.
-    """
-    from safetensors.torch import load_file
-
-    root = Path(directory)
-    missing_files = [f for f in EXPORT_FILES if not (root / f).is_file()]
-    if missing_files:
-        raise FileNotFoundError(f"export {root}: missing {missing_files} (expected {list(EXPORT_FILES)})")
-    heads = load_file(str(root / "heads.safetensors"))
-    if model_cfg is None:
-        found = find_run_config(root)
-        model_cfg = model_config_from_file(found) if found else _infer_model_config(root, heads)
-    cfg = replace(
-        _eval_model_config(model_cfg),
-        protein_model=str(root / "protein"),
-        text_model=str(root / "text"),
-        text_tokenizer=str(root / "text"),
-    )
-    model = ProtCLIPModel(cfg)
-    missing, unexpected = model.load_state_dict(heads, strict=False)
-    not_towers = [k for k in missing if not k.startswith(("protein_tower.", "text_tower."))]
-    if not_towers or unexpected:
-        raise ValueError(
-            f"export {root}: heads.safetensors does not fit the model (missing {sorted(not_towers)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}); is the model section right?"
-        )
-    return model.eval()
-
-
-def _infer_model_config(root: Path, heads: dict[str, torch.Tensor]) -> ModelConfig:
-    try:
-        proj = int(heads["protein_proj.0.weight"].shape[0])
-        protos = int(heads["prototypes.prototypes.weight"].shape[0])
-    except KeyError as e:
-        raise ValueError(f"export {root}: heads.safetensors lacks {e}; not a ProtCLIP export") from None
-    text_conf = json.loads((root / "text" / "config.json").read_text())
-    max_text = min(512, int(text_conf.get("max_position_embeddings", 512)))
-    _log.warning(
-        "export %s has no run config beside it: model.mode is assumed 'paper' (projection_dim %d, "
-        "proto_num %d inferred); pass source.model_config for a 'released'-mode run",
-        root,
-        proj,
-        protos,
-    )
-    return ModelConfig(
-        protein_model="random",
-        text_model="random",
-        projection_dim=proj,
-        proto_num=protos,
-        max_text_length=max_text,
-        max_subtext_length=max_text,
-    )
-
-
-def find_run_config(start: str | Path, levels: int = 3) -> Path | None:
-    """A run config file with a ``model`` section in ``start`` or up to ``levels`` folders above it (files of
-    those names without one, e.g. an HF ``config.json``, are passed over)."""
-    start = Path(start)
-    for d in [start, *list(start.parents)[:levels]]:
-        for name in CONFIG_NAMES:
-            if (d / name).is_file():
-                try:
-                    model_config_from_file(d / name)
-                except Exception as e:  # unreadable or not ours: keep looking
-                    _log.debug("not a run config: %s (%s)", d / name, e)
-                    continue
-                return d / name
-    return None
-
-
-def model_config_from_file(path: str | Path) -> ModelConfig:
-    """The ``model`` section of a run config (YAML or JSON; a file holding just the section works too)."""
-    import yaml
-
-    from protclip.config import from_dict
-
-    path = Path(path)
-    text = path.read_text()
-    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with a `model` section")
-    section = raw.get("model", raw if "protein_model" in raw else None)
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: no `model` section")
-    return from_dict(ModelConfig, section, _path=f"{path}:model")

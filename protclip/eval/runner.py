@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from protclip.eval.config import EvalSuiteConfig
-from protclip.eval.sources import ModelSource, load_model
+from protclip.pretrained import ModelSource, load_model
 from protclip.storage import redact
 
 _log = logging.getLogger(__name__)

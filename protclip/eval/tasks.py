@@ -29,8 +29,8 @@ import ray
 from protclip import storage as st
 from protclip.eval.config import EvalScheduleConfig, EvalSuiteConfig
 from protclip.eval.runner import log_failure, run_in_process
-from protclip.eval.sources import ModelSource, committed_checkpoints
 from protclip.model.config import ModelConfig
+from protclip.pretrained import ModelSource, committed_checkpoints
 
 _log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -26,15 +25,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from protclip.dist import rng_state, set_rng_state, world
 from protclip.train.checkpoint import (
     STATE_FILE,
     CheckpointError,
     TrainState,
-    _rng_state,
-    _set_rng_state,
-    _write_failure,
     commit_checkpoint,
     verify_checkpoint,
+    write_failure_message,
 )
 from protclip.train.safe_dcp import safe_reader
 
@@ -43,12 +41,6 @@ __all__ = ["save_adapter_checkpoint", "load_adapter_checkpoint", "trainable_stat
 
 TRAINABLE_ONLY = StateDictOptions(ignore_frozen_params=True)
 _LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,7 +63,7 @@ def restore_trainable(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> No
 def save_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                             scheduler, state: TrainState, best: dict[str, torch.Tensor] | None = None) -> None:
     """Collective: every rank calls it with its own local ``directory`` (Ray merges them on report)."""
-    rank, world = _world()
+    rank, n_ranks = world()
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     msd, osd = get_state_dict(model, optimizer, options=TRAINABLE_ONLY)
@@ -81,25 +73,25 @@ def save_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, opti
     try:
         dcp.save(payload, checkpoint_id=str(root))
         (root / "rng").mkdir(exist_ok=True)
-        torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
+        torch.save(rng_state(), root / "rng" / f"rank{rank}.pt")
         if scheduler is not None:
             state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        state.world_size = world
+        state.world_size = n_ranks
         state.extra["has_best"] = best is not None
         if rank == 0:
             (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException carrying every rank's traceback
-        raise CheckpointError(_write_failure(root, state.step, e)) from None
-    commit_checkpoint(root, state.step, rank, world, kind="lora_adapter")
+        raise CheckpointError(write_failure_message(root, state.step, e)) from None
+    commit_checkpoint(root, state.step, rank, n_ranks, kind="lora_adapter")
 
 
 def load_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                             scheduler) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
     """Collective: verify, load adapter/head + optimizer shards (DCP reshards across world sizes), scheduler,
     RNG; returns the train state and the best-state snapshot (None if the run had none yet)."""
-    rank, world = _world()
+    rank, n_ranks = world()
     root = Path(directory)
     verify_checkpoint(root)
     state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()))
@@ -123,6 +115,6 @@ def load_adapter_checkpoint(directory: str | os.PathLike, model: nn.Module, opti
         sched["lr_lambdas"] = [None] * len(optimizer.param_groups)
         scheduler.load_state_dict(sched)
     rng = root / "rng" / f"rank{rank}.pt"
-    if state.world_size == world and rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=True))
+    if state.world_size == n_ranks and rng.is_file():
+        set_rng_state(torch.load(rng, weights_only=True))
     return state, best

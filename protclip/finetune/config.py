@@ -14,7 +14,7 @@ from protclip.model.config import RandomTowerConfig
 from protclip.storage import StorageConfig
 from protclip.tracking import TrackingConfig
 
-#: Task types: the eval readers' three (``protclip.eval.formats.TASK_TYPES``) plus per-residue labelling.
+#: Task types: the eval readers' three (``protclip.data.formats.TASK_TYPES``) plus per-residue labelling.
 TASK_TYPES = ("single_label", "multi_label", "regression", "per_residue")
 
 #: LoRA targets for HF ESM-2 (and BERT, whose linear layers carry the same names): the attention projections

@@ -5,7 +5,7 @@ Task sets are small (thousands to a few hundred thousand proteins), so they are 
 drawn from ``(seed, epoch)``; the data position is just the step number, so a resumed run sees exactly the
 batches the uninterrupted run would have (Ray Data's streaming split does not fix which rows reach which rank).
 
-Splits are by a hash of the protein id (``protclip.eval.splits.split_by_hash``), so a protein's split depends on
+Splits are by a hash of the protein id (``protclip.data.splits.split_by_hash``), so a protein's split depends on
 (id, seed) only and never moves when rows are added or reordered; a file's own split column can be used instead.
 """
 
@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from protclip.data.formats import FormatError, LabeledSequences, clean_sequence, read_labeled
+from protclip.data.masking import IGNORE_INDEX
+from protclip.data.splits import split_by_hash, subsample_by_hash
 from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_PAD, ProteinTokenizer
-from protclip.eval.formats import FormatError, LabeledSequences, clean_sequence, read_labeled
-from protclip.eval.splits import split_by_hash, subsample_by_hash
 from protclip.finetune.config import DataSection, TaskSection
 from protclip.storage import StorageConfig, filesystem, is_remote
 
@@ -34,7 +35,6 @@ _log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"train": 0, "training": 0, "valid": 1, "validation": 1, "val": 1, "dev": 1, "test": 2}
-IGNORE_INDEX = -100  # label of <cls>/<eos>/padding in per-residue batches (torch CE ignore_index)
 
 
 @dataclass

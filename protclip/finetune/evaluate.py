@@ -1,5 +1,5 @@
 """Task metrics and prediction decoding for fine-tuned heads (pure numpy; metric definitions from
-``protclip.eval.metrics``, the evaluation suites' own, so fine-tune numbers compare with the suites').
+``protclip.metrics``, the evaluation suites' own, so fine-tune numbers compare with the suites').
 
 Per task type (all "higher is better" except ``mae``/``rmse``/``loss``):
 - single_label: ``accuracy``, ``f1_macro``
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protclip.eval import metrics as M
+from protclip import metrics as M
 from protclip.finetune.model import TaskSpec
 
 

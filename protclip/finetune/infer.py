@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from protclip.eval.embedder import length_batches, resolve_device
-from protclip.eval.formats import FormatError, clean_sequence, read_fasta, read_table_frame
+from protclip.data.batching import length_batches
+from protclip.data.formats import FormatError, clean_sequence, read_fasta, read_table_frame
+from protclip.dist import resolve_device
 from protclip.finetune.data import Collator
 from protclip.finetune.evaluate import batch_outputs, prediction_rows
 from protclip.finetune.model import TaskSpec, load_adapter, load_merged

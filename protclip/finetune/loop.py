@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from protclip.dist import gather_objects, sum_over_ranks
 from protclip.finetune.checkpoint import (
     load_adapter_checkpoint,
     restore_trainable,
@@ -96,8 +97,8 @@ class _Runner:
     """Holds the wrapped model, data and helpers of one worker (keeps the loop body short)."""
 
     def __init__(self, cfg: FinetuneConfig, job: JobInputs, data: TaskData, env: WorkerEnv) -> None:
-        from protclip.finetune.base import localize_tower
         from protclip.model.attention import resolve_backend
+        from protclip.pretrained import localize_tower
         from protclip.tracking import logger_for_rank
 
         self.cfg, self.job, self.data, self.env, self.spec = cfg, job, data, env, job.spec
@@ -176,8 +177,7 @@ class _Runner:
                 n_units += units
                 mine.extend(zip(part.tolist(), batch_outputs(logits, b["attention_mask"], self.spec), strict=True))
         self.model.train()
-        gathered: list[Any] = [None] * self.env.world_size
-        dist.all_gather_object(gathered, (mine, loss_sum, n_units))
+        gathered = gather_objects((mine, loss_sum, n_units))
         pairs = sorted((p for g in gathered for p in g[0]), key=lambda t: t[0])
         order = [i for i, _ in pairs]
         outputs = [o for _, o in pairs]
@@ -231,12 +231,11 @@ class _Runner:
                                              else step % cfg.train.checkpoint_every == 0)
             stop = cfg.train.stop_at_step is not None and step >= cfg.train.stop_at_step and step < self.total
             if do_eval or do_ckpt or stop or step % 10 == 0 or step == self.total:
-                t = torch.tensor([float(np.mean(losses)), tokens, seqs], dtype=torch.float64, device=self.device)
-                dist.all_reduce(t)
+                t = sum_over_ranks({"loss": float(np.mean(losses)), "tokens": tokens, "seqs": seqs}, self.device)
                 dt = time.perf_counter() - t0
-                last = {"step": step, "epoch": (step - 1) // self.spe, "train/loss": t[0].item() / env.world_size,
+                last = {"step": step, "epoch": (step - 1) // self.spe, "train/loss": t["loss"] / env.world_size,
                         "train/lr": self.sched.get_last_lr()[0], "train/grad_norm": float(gnorm),
-                        "train/seqs_per_s": t[2].item() / dt, "train/tokens_per_s": t[1].item() / dt}
+                        "train/seqs_per_s": t["seqs"] / dt, "train/tokens_per_s": t["tokens"] / dt}
                 self.log.log_metrics(last, step=step)
                 losses, t0, tokens, seqs = [], time.perf_counter(), 0, 0
             state.step, state.epoch = step, step // self.spe

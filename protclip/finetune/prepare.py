@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from protclip.finetune.base import ResolvedBase, resolve_base
 from protclip.finetune.config import FinetuneConfig
 from protclip.finetune.data import TaskData, class_weights, load_task_data, regression_stats
 from protclip.finetune.loop import JobInputs
 from protclip.finetune.model import TaskSpec
+from protclip.pretrained import ResolvedBase, resolve_base
 from protclip.storage import join
 
 _log = logging.getLogger(__name__)

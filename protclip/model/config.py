@@ -7,19 +7,11 @@ bracket results between the two.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from protclip.paths import REPO_ROOT
-
-#: The committed tiny BERT vocab used by random-init text towers (tests, CPU demo).
-TINY_BERT_VOCAB_DIR = REPO_ROOT / "protclip" / "assets" / "tiny_bert_vocab"
-
-#: UniProt positional feature types that can serve as BSR "static segments" (span_source = "features").
-DEFAULT_SPAN_FEATURE_TYPES = [
-    "DOMAIN", "REGION", "MOTIF", "ACT_SITE", "BINDING", "SITE", "METAL", "NP_BIND",
-    "ZN_FING", "DNA_BIND", "REPEAT", "COILED", "COMPBIAS",
-]  # fmt: skip
+from protclip.data.collate import CollateConfig
+from protclip.data.masking import DEFAULT_SPAN_FEATURE_TYPES
 
 
 @dataclass
@@ -118,6 +110,9 @@ class LossConfig:
     """Which objectives run, their weights, and the masking that feeds them.
 
     L = L_GC + lambda_bsr * L_BSR + lambda_mlm * L_MLM + lambda_pda * L_PDA (method.md §4.5).
+
+    Every ``bool`` field switches one objective of the objective registry (protclip/model/losses/registry.py)
+    and every ``lambda_*`` field weights one, so the checks below cover an added objective's fields too.
     """
 
     gc: bool = True  # global contrastive (symmetric InfoNCE over all ranks)
@@ -139,9 +134,10 @@ class LossConfig:
     released_span_range: int = 10  # released mode: starting span range of the drifting sampler
 
     def __post_init__(self) -> None:
-        if not (self.gc or self.mlm or self.bsr or self.pda):
-            raise ValueError("loss: at least one of gc, mlm, bsr, pda must be enabled")
-        for name in ("lambda_bsr", "lambda_mlm", "lambda_pda"):
+        flags = [f.name for f in fields(self) if f.type in ("bool", bool)]
+        if not any(getattr(self, name) for name in flags):
+            raise ValueError(f"loss: at least one of {', '.join(flags)} must be enabled")
+        for name in (f.name for f in fields(self) if f.name.startswith("lambda_")):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("mlm_probability", "span_fraction"):
@@ -155,6 +151,27 @@ class LossConfig:
             raise ValueError(f"loss: need 1 <= span_min <= span_max, got {self.span_min}..{self.span_max}")
         if self.released_span_range < 1:
             raise ValueError(f"loss.released_span_range must be >= 1, got {self.released_span_range}")
+
+
+def collate_config(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> CollateConfig:
+    """The collation view of the model and loss sections (lengths, text vocab source, masking)."""
+    lc = loss_cfg or LossConfig()
+    return CollateConfig(
+        mode=model_cfg.mode,
+        text_model=model_cfg.text_model,
+        text_tokenizer=model_cfg.text_tokenizer,
+        max_protein_length=model_cfg.max_protein_length,
+        max_text_length=model_cfg.max_text_length,
+        max_subtext_length=model_cfg.max_subtext_length,
+        mlm_probability=lc.mlm_probability,
+        mlm_replace=lc.mlm_replace,
+        span_min=lc.span_min,
+        span_max=lc.span_max,
+        span_fraction=lc.span_fraction,
+        span_source=lc.span_source,
+        span_feature_types=list(lc.span_feature_types),
+        released_span_range=lc.released_span_range,
+    )
 
 
 def tiny_model_config(mode: str = "paper", attention: str = "sdpa", **overrides) -> ModelConfig:

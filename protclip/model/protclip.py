@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protclip.data.masking import IGNORE_INDEX
 from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_VOCAB
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.model.heads import FragmentDecoder, ProjectionHead, PrototypeBank, TokenHead
+from protclip.model.losses.registry import needed_features, needed_passes
 from protclip.model.towers import build_protein_tower, build_text_tower
-
-IGNORE_INDEX = -100
 
 _PASS_SEED: ContextVar[int | None] = ContextVar("protclip_pass_seed", default=None)
 
@@ -127,15 +127,6 @@ class ProtCLIPModel(nn.Module):
             self.text_tower.eval()  # a frozen tower keeps dropout off
         return self
 
-    def set_attention(self, implementation: str) -> None:
-        """Switch both towers' attention backend at runtime (``sdpa``, ``xformers``, ``eager``)."""
-        from protclip.model.attention import register_backends, resolve_backend
-
-        register_backends()
-        impl = resolve_backend(implementation)
-        self.protein_tower.set_attn_implementation(impl)
-        self.text_tower.set_attn_implementation(impl)
-
     def _text_ctx(self):
         return torch.no_grad() if self.cfg.freeze_text else contextlib.nullcontext()
 
@@ -179,37 +170,42 @@ class ProtCLIPModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        lc, out = self.loss_cfg, {}
+        """Run, in this fixed order, the passes the enabled objectives need (objective registry) and return
+        the features they read; the order and the pass names (RNG keys) are part of the numerics."""
+        passes, want = needed_passes(self.loss_cfg), needed_features(self.loss_cfg)
+        out: dict[str, torch.Tensor] = {}
         g = text_am = None
         ids, am = batch["protein_input_ids"], batch["protein_attention_mask"]
         out["logit_scale"], out["local_logit_scale"] = self.scales()
 
-        if lc.gc or lc.pda:
+        if "protein" in passes:
             h = self._protein_hidden(ids, am)
-            if lc.gc:
+            if "protein_features" in want:
                 out["protein_features"] = F.normalize(
                     self.protein_proj(self._pool_protein(h, ids, am)), dim=-1
                 )
-            if lc.pda:
+            if "pda_tokens" in want:
                 # Linear returns a 3-D input's result as a view of its 2-D matmul, and an in-place op on a view
                 # output would drop FSDP2's pre-backward hook (FSDP2 warns): return an owned copy instead
                 out["pda_tokens"] = self.protein_proj(h).clone()
                 out["pda_token_mask"] = (
                     torch.ones_like(am, dtype=torch.bool) if self.released else residue_mask(ids, am)
                 )
-        if lc.gc or lc.bsr:
+        if "text" in passes:
             text_am = batch["text_attention_mask"]
             g = self._text_hidden(batch["text_input_ids"], text_am)
-            if lc.gc:
+            if "text_features" in want:
                 out["text_features"] = F.normalize(self.text_proj(self._pool_text(g, text_am)), dim=-1)
-        if lc.mlm:
+        if "mlm" in passes:
             h_mlm = self._protein_hidden(batch["mlm_input_ids"], am, "mlm")
             sel = batch["mlm_labels"] != IGNORE_INDEX
             out["mlm_logits"] = self.mlm_head(h_mlm[sel])
             out["mlm_labels"] = batch["mlm_labels"][sel]
-        if lc.bsr:
+        if "span" in passes:
+            if g is None:
+                raise ValueError("the span pass fuses the text pass's tokens: an objective needing it needs 'text'")
             out.update(self._bsr(batch, am, g, text_am))
-        if lc.pda:
+        if "subtexts" in passes:
             out["pda_queries"] = self._property_queries(
                 batch["subtext_input_ids"], batch["subtext_attention_mask"]
             )

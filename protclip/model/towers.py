@@ -14,7 +14,7 @@ from transformers import BertConfig, BertModel, EsmConfig, EsmModel
 from protclip.data.tokenizers import ESM_MASK, ESM_PAD, ESM_VOCAB, load_text_tokenizer, text_tokenizer_dir
 from protclip.model.attention import register_backends, resolve_backend
 from protclip.model.config import ModelConfig, RandomTowerConfig
-from protclip.model.sources import RANDOM, resolve_source
+from protclip.sources import RANDOM, resolve_source
 
 _logger = logging.getLogger(__name__)
 

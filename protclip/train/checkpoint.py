@@ -19,26 +19,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from protclip.dist import rng_state, set_rng_state, world
 from protclip.train.safe_dcp import UnsafeCheckpointError, load_metadata, safe_reader
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["TrainState", "CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
-           "latest_valid_checkpoint", "committed_manifest", "COMMITTED", "FORMAT_VERSION"]
+           "latest_valid_checkpoint", "committed_manifest", "commit_checkpoint", "write_failure_message", "COMMITTED",
+           "STATE_FILE", "FORMAT_VERSION"]
 
 COMMITTED = "COMMITTED"
 STATE_FILE = "trainer_state.json"
@@ -70,44 +70,7 @@ class TrainState:
         return cls(**known)
 
 
-# ------------------------------------------------------------------------------------------------ RNG
-
-
-def _rng_state() -> dict[str, Any]:
-    st: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": _py_state_to_list(random.getstate()),
-        "numpy": _np_state_to_list(np.random.get_state()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
-    n = st["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"])
-
-
-def _py_state_to_list(s: tuple) -> list:
-    return [s[0], list(s[1]), s[2]]
-
-
-def _np_state_to_list(s: tuple) -> list:
-    return [s[0], [int(x) for x in s[1]], int(s[2]), int(s[3]), float(s[4])]
-
-
 # ------------------------------------------------------------------------------------------------ save
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _list_files(root: Path) -> dict[str, int]:
@@ -132,7 +95,8 @@ def _cause(e: BaseException) -> str:
     return "; ".join(dict.fromkeys(parts))
 
 
-def _write_failure(root: Path, step: int, e: BaseException) -> str:
+def write_failure_message(root: Path, step: int, e: BaseException) -> str:
+    """Why a checkpoint write failed (root cause, free space) and that the last committed one is still safe."""
     try:
         free = f"{shutil.disk_usage(root).free / 2**20:.0f} MiB free there"
     except OSError:
@@ -152,47 +116,47 @@ def save_checkpoint(
 
     ``directory`` may be shared by all ranks (plain torch) or one per rank (Ray Train merges them on report).
     """
-    rank, world = _world()
+    rank, n_ranks = world()
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     msd, osd = get_state_dict(model, optimizer)
     try:
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(root))
         (root / "rng").mkdir(exist_ok=True)
-        torch.save(_rng_state(), root / "rng" / f"rank{rank}.pt")
+        torch.save(rng_state(), root / "rng" / f"rank{rank}.pt")
         if scheduler is not None:
             state.scheduler = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        state.world_size = world
+        state.world_size = n_ranks
         if rank == 0:
             (root / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException with every rank's traceback
-        raise CheckpointError(_write_failure(root, state.step, e)) from None
-    commit_checkpoint(root, state.step, rank, world)
+        raise CheckpointError(write_failure_message(root, state.step, e)) from None
+    commit_checkpoint(root, state.step, rank, n_ranks)
 
 
-def commit_checkpoint(root: Path, step: int, rank: int, world: int, **extra: Any) -> None:
+def commit_checkpoint(root: Path, step: int, rank: int, n_ranks: int, **extra: Any) -> None:
     """Collective: after every rank wrote its files, rank 0 writes ``COMMITTED`` (atomically, last) listing every
     rank's files and sizes; ``verify_checkpoint`` refuses any folder whose marker is missing or does not match.
     Shared by the pre-training and LoRA savers so both have the same atomic-commit guarantee."""
-    if world > 1:  # a shared directory: list only after every rank finished writing (else sizes are stale)
+    if n_ranks > 1:  # a shared directory: list only after every rank finished writing (else sizes are stale)
         dist.barrier()
     files = _list_files(root)
     gathered: list[dict[str, int]] = [files]
-    if world > 1:
-        gathered = [None] * world  # type: ignore[list-item]
+    if n_ranks > 1:
+        gathered = [None] * n_ranks  # type: ignore[list-item]
         dist.all_gather_object(gathered, files)
     if rank == 0:
         manifest: dict[str, int] = {}
         for f in gathered:
             manifest.update(f)
-        marker = {"format": FORMAT_VERSION, "step": step, "world_size": world, "files": manifest,
+        marker = {"format": FORMAT_VERSION, "step": step, "world_size": n_ranks, "files": manifest,
                   "time": time.time(), **extra}
         tmp = root / (COMMITTED + ".tmp")
         tmp.write_text(json.dumps(marker))
         os.replace(tmp, root / COMMITTED)  # atomic on a local file system
-    if world > 1:
+    if n_ranks > 1:
         dist.barrier()
 
 
@@ -227,7 +191,7 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
 ) -> TrainState:
     """Collective: verify, then load model/optimizer shards (any world size: DCP reshards), scheduler and RNG."""
-    rank, world = _world()
+    rank, n_ranks = world()
     root = Path(directory)
     verify_checkpoint(root)
     state = TrainState.from_json(json.loads((root / STATE_FILE).read_text()))
@@ -250,11 +214,11 @@ def load_checkpoint(
         sched["lr_lambdas"] = [None] * len(optimizer.param_groups)
         scheduler.load_state_dict(sched)
     rng = root / "rng" / f"rank{rank}.pt"
-    if state.world_size == world and rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=True))
+    if state.world_size == n_ranks and rng.is_file():
+        set_rng_state(torch.load(rng, weights_only=True))
     else:
         _log.warning("checkpoint %s was written by %d ranks, now %d: RNG streams are re-seeded, not restored",
-                     root, state.world_size, world)
+                     root, state.world_size, n_ranks)
     return state
 
 

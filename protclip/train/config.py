@@ -1,8 +1,9 @@
-"""The pre-training run config: ``PretrainConfig`` = data + model + loss + train + storage + tracking + eval.
+"""What the pre-training loop reads: ``TrainRunConfig`` = data + model + loss + train + storage + tracking.
 
-One YAML file describes a run (``jobs/configs/demo.yaml``, ``jobs/configs/paper.yaml``); any field is overridable
-from the command line (``--train.lr 2e-5``). The ``storage`` section says where checkpoints live: Ray Train keeps
-them under ``<storage_path>/<name>/``, and restarting a job with the same ``name`` and ``storage_path`` resumes it.
+The job's root config (:class:`protclip.recipes.pretrain.PretrainConfig`) extends it with the periodic-eval
+schedule, which the loop never reads, so this layer stays free of evaluation code. The ``storage`` section says
+where checkpoints live: Ray Train keeps them under ``<storage_path>/<name>/``, and restarting a job with the same
+``name`` and ``storage_path`` resumes it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from protclip.data.config import DataConfig
-from protclip.eval.config import EvalScheduleConfig  # noqa: E402  (periodic evals, Ray tasks)
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.storage import StorageConfig
 from protclip.tracking import TrackingConfig
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "RunStorageConfig", "EvalScheduleConfig", "PretrainConfig"]
+__all__ = ["TrainConfig", "RunStorageConfig", "TrainRunConfig"]
 
 
 @dataclass
@@ -116,8 +116,8 @@ class RunStorageConfig(StorageConfig):
 
 
 @dataclass
-class PretrainConfig:
-    """Root of ``jobs/pretrain.py``'s config."""
+class TrainRunConfig:
+    """What one pre-training run needs: the root of the job's config, minus its eval schedule."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,7 +125,6 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     storage: RunStorageConfig = field(default_factory=RunStorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    eval: EvalScheduleConfig = field(default_factory=EvalScheduleConfig)
 
     def __post_init__(self) -> None:
         if not self.data.uri:

@@ -24,12 +24,13 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
+from protclip.dist import all_ranks, mean_over_ranks
 from protclip.model.losses import ProtCLIPLoss
 from protclip.model.protclip import build_model
 from protclip.storage import filesystem
 from protclip.tracking import logger_for_rank, secrets_of
 from protclip.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from protclip.train.config import PretrainConfig
+from protclip.train.config import TrainRunConfig
 from protclip.train.faults import maybe_inject
 from protclip.train.flops import peak_flops
 from protclip.train.meter import StepMeter, step_flops_fn
@@ -69,29 +70,11 @@ class LoopConfig:
     score_attribute: str | None = None  # metric of the best checkpoint (val/loss) when validation runs
 
 
-def total_steps_for(cfg: PretrainConfig, micro_batches_per_rank: int) -> int:
+def total_steps_for(cfg: TrainRunConfig, micro_batches_per_rank: int) -> int:
     """Schedule length: ``train.max_steps`` or whole steps in the estimated data of all epochs."""
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
     return max(1, (micro_batches_per_rank * cfg.data.num_epochs) // cfg.train.accum_steps)
-
-
-def _all_have(flag: bool, device: torch.device) -> bool:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
-def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    keys = sorted(values)
-    if not dist.is_initialized() or dist.get_world_size() == 1 or not keys:
-        return dict(values)
-    t = torch.tensor([values[k] for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist(), strict=True))
 
 
 def _take(it: Iterator[dict[str, torch.Tensor]], n: int) -> list[dict[str, torch.Tensor]]:
@@ -113,7 +96,7 @@ def _skip_count(state: TrainState, start_epoch: int) -> int:
     return sum(n for e, n in per_epoch.items() if e >= start_epoch)
 
 
-def train_worker(cfg: PretrainConfig, session: Session, lc: LoopConfig) -> TrainState:
+def train_worker(cfg: TrainRunConfig, session: Session, lc: LoopConfig) -> TrainState:
     """Build, shard, (resume), train, validate, checkpoint and export; returns the final state."""
     tc, device = cfg.train, session.device
     rank, world = session.rank, session.world_size
@@ -150,7 +133,7 @@ def train_worker(cfg: PretrainConfig, session: Session, lc: LoopConfig) -> Train
         t0 = time.perf_counter()
         mbs = _take(batches, tc.accum_steps)
         t_data = time.perf_counter() - t0
-        if not _all_have(len(mbs) == tc.accum_steps, device):
+        if not all_ranks(len(mbs) == tc.accum_steps, device):
             _log.info("rank %d: training data exhausted at step %d", rank, state.step)
             break
         terms = forward_backward(model, loss_fn, mbs)
@@ -172,7 +155,7 @@ def train_worker(cfg: PretrainConfig, session: Session, lc: LoopConfig) -> Train
         meter.update(mbs, t_step, t_data, flops_of(mbs))
 
         if state.step % tc.log_every == 0 or state.step == stop:
-            metrics = {f"train/{k}": v for k, v in _mean_over_ranks(terms.values, device).items()}
+            metrics = {f"train/{k}": v for k, v in mean_over_ranks(terms.values, device).items()}
             metrics.update(meter.metrics(device))
             metrics.update({"train/grad_norm": outcome.grad_norm, "train/skipped_steps": state.skipped_steps,
                             "train/skipped": float(outcome.skipped), "train/epoch": state.epoch,
@@ -229,7 +212,7 @@ def _checkpoint(model, opt, sched, state: TrainState, session: Session, lc: Loop
         session.report(metrics, d, f"checkpoint_{state.step:09d}_{attempt}")
 
 
-def _export(model, cfg: PretrainConfig, lc: LoopConfig, rank: int, logger) -> None:
+def _export(model, cfg: TrainRunConfig, lc: LoopConfig, rank: int, logger) -> None:
     """Gather the full state dict (collective, CPU offloaded); rank 0 writes both towers with their tokenizers,
     logs them to MLflow (``export/``) and copies them to ``lc.export_uri``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 
+from protclip.dist import sum_over_ranks
+from protclip.model.losses.registry import needed_passes
 from protclip.train.flops import mfu, pass_flops, tower_shape
 
 __all__ = ["StepMeter", "step_flops_fn"]
@@ -21,10 +22,11 @@ __all__ = ["StepMeter", "step_flops_fn"]
 def step_flops_fn(model: torch.nn.Module, cfg) -> Callable[[Sequence[dict[str, torch.Tensor]]], float]:
     """FLOPs of one step's micro-batches for this model and objective set (call before sharding)."""
     p_shape, t_shape = tower_shape(model.protein_tower), tower_shape(model.text_tower)
-    lc, released, frozen_text = cfg.loss, cfg.model.mode == "released", cfg.model.freeze_text
-    protein_grad = int(lc.gc or lc.pda) + int(lc.mlm) + int(lc.bsr and not released)
-    protein_nograd = int(lc.bsr and released)  # released BSR runs its span pass under no_grad
-    text_full = lc.gc or lc.bsr
+    passes, released, frozen_text = needed_passes(cfg.loss), cfg.model.mode == "released", cfg.model.freeze_text
+    span = "span" in passes
+    protein_grad = int("protein" in passes) + int("mlm" in passes) + int(span and not released)
+    protein_nograd = int(span and released)  # released BSR runs its span pass under no_grad
+    text_full, subtexts = "text" in passes, "subtexts" in passes
 
     def flops(mbs: Sequence[dict[str, torch.Tensor]]) -> float:
         total = 0.0
@@ -35,7 +37,7 @@ def step_flops_fn(model: torch.nn.Module, cfg) -> Callable[[Sequence[dict[str, t
             if text_full:
                 tlen = mb["text_attention_mask"].sum(1).tolist()
                 total += pass_flops(t_shape, tlen, with_grad=not frozen_text)
-            if lc.pda:
+            if subtexts:
                 slen = mb["subtext_attention_mask"].sum(-1).reshape(-1).tolist()
                 total += pass_flops(t_shape, slen, with_grad=False)
         return total
@@ -69,12 +71,7 @@ class StepMeter:
                     a["slots"] += mb[key].numel()
 
     def metrics(self, device: torch.device) -> dict[str, float | None]:
-        vals = [self.acc[k] for k in self._KEYS]
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor(vals, dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            vals = t.tolist()
-        s = dict(zip(self._KEYS, vals, strict=True))
+        s = sum_over_ranks(self.acc, device)
         self._reset()
         if s["steps"] == 0 or s["t_step"] <= 0:
             return {}

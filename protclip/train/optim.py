@@ -12,9 +12,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from protclip.dist import any_rank
 from protclip.model.protclip import param_groups
 
 __all__ = ["build_optimizer", "init_optimizer_state", "grad_norm_and_clip", "guarded_step", "StepOutcome"]
@@ -79,14 +79,6 @@ class StepOutcome:
     skipped: bool
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def guarded_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -98,7 +90,7 @@ def guarded_step(
 ) -> StepOutcome:
     """Clip, then step the optimizer unless (with ``nan_guard``) the loss or grad norm is NaN/inf anywhere."""
     norm = grad_norm_and_clip(model, max_norm)
-    bad = nan_guard and _any_rank(not (math.isfinite(loss_value) and math.isfinite(norm)), device)
+    bad = nan_guard and any_rank(not (math.isfinite(loss_value) and math.isfinite(norm)), device)
     if not bad:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

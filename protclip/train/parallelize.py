@@ -36,8 +36,7 @@ __all__ = ["parallelize", "transformer_layer_classes", "apply_activation_checkpo
            "FORWARD_METHODS"]
 
 #: model methods that run submodules outside ``forward`` (features for the GradCache pass, evaluation)
-FORWARD_METHODS: tuple[str, ...] = ("encode_protein", "encode_text", "encode", "gc_features", "features",
-                                    "forward_features", "embed_proteins", "embed_texts")
+FORWARD_METHODS: tuple[str, ...] = ("encode_protein", "encode_text", "mlm_logits")
 
 
 def transformer_layer_classes() -> tuple[type[nn.Module], ...]:

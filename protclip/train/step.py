@@ -12,7 +12,8 @@ With ``A > 1`` and GC on:
    over ``a`` it is the full gradient, so the GC term is **not** divided by ``A``;
 3. per-sample terms (MLM, BSR, PDA) are plain means inside a micro-batch; they are re-weighted so the sum over
    micro-batches is the mean over the accumulated batch: MLM/BSR by their share of this rank's target tokens
-   (they are token means), PDA by its share of the rows;
+   (they are token means), PDA by its share of the rows (each objective's ``share`` in the objective registry,
+   :mod:`protclip.model.losses.registry`);
 4. the learnable GC ``logit_scale`` enters the full-batch loss of every pass, so only the first pass lets its
    gradient through (otherwise it would be counted ``A`` times, as in open_clip's ``--accum-freq``).
 
@@ -34,19 +35,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
+from protclip.data.masking import IGNORE_INDEX
+from protclip.dist import world
 from protclip.model.losses.contrastive import GatheredFeatures, all_gather_with_grad
+from protclip.model.losses.registry import Objective, enabled_objectives
 from protclip.model.losses.total import ProtCLIPLoss, loss_weights
 from protclip.model.protclip import derive_seed, seeded_passes
 
-__all__ = ["forward_backward", "StepTerms", "IGNORE_INDEX", "draw_step_seed", "micro_batch_seed"]
-
-IGNORE_INDEX = -100
-#: per-sample term -> how its micro-batch share is measured
-_TOKEN_TERMS = {"loss_mlm": "mlm_labels", "loss_bsr": "span_labels"}
-_ACC_OF = {"loss_mlm": "mlm_accuracy", "loss_bsr": "bsr_accuracy", "loss_pda": "pda_accuracy"}
-
+__all__ = ["forward_backward", "StepTerms", "draw_step_seed", "micro_batch_seed"]
 
 @dataclass
 class StepTerms:
@@ -54,12 +51,6 @@ class StepTerms:
 
     values: dict[str, float]  # loss, loss_gc, loss_mlm, ..., accuracies, logit scales
     rows: int  # pairs on this rank in this step
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def draw_step_seed() -> int:
@@ -72,10 +63,11 @@ def micro_batch_seed(step_seed: int, index: int) -> int:
     return derive_seed(step_seed, "micro_batch", index)
 
 
-def _shares(micro_batches: Sequence[dict[str, torch.Tensor]], term: str) -> list[float]:
-    """Weight of each micro-batch's mean of ``term`` in the mean over the accumulated batch."""
-    if term in _TOKEN_TERMS:
-        counts = [float((mb[_TOKEN_TERMS[term]] != IGNORE_INDEX).sum()) for mb in micro_batches]
+def _shares(micro_batches: Sequence[dict[str, torch.Tensor]], objective: Objective) -> list[float]:
+    """Weight of each micro-batch's mean of ``objective``'s term in the mean over the accumulated batch,
+    counted as the objective's record says (target tokens or rows)."""
+    if objective.share == "tokens":
+        counts = [float((mb[objective.share_labels] != IGNORE_INDEX).sum()) for mb in micro_batches]
     else:
         counts = [float(mb["protein_input_ids"].shape[0]) for mb in micro_batches]
     total = sum(counts)
@@ -112,10 +104,14 @@ def forward_backward(
     n = len(micro_batches)
     if n == 0:
         raise ValueError("forward_backward needs at least one micro-batch")
-    rank, world = _world()
+    rank, n_ranks = world()
+    objectives = enabled_objectives(loss_fn.cfg)
     weights = loss_weights(loss_fn.cfg)
-    per_sample = [k for k in weights if k != "loss_gc"]
-    shares = {k: _shares(micro_batches, k) for k in per_sample}
+    per_sample = [o.loss_key for o in objectives if o.per_sample]
+    shares = {o.loss_key: _shares(micro_batches, o) for o in objectives if o.per_sample}
+    batch_level = {o.name for o in objectives if not o.per_sample}
+    if n > 1 and batch_level - {"gc"}:  # the feature cache below is GC's; another batch-level term has none
+        raise ValueError(f"objectives {sorted(batch_level - {'gc'})} are batch-level and cannot be accumulated")
     use_cache = n > 1 and "loss_gc" in weights
     ctx = autocast or contextlib.nullcontext()
 
@@ -138,7 +134,7 @@ def forward_backward(
 
     acc: dict[str, float] = {}
     for a, mb in enumerate(micro_batches):
-        gather = _cache_gather(cache_p, cache_t, a, rows, rank, world) if use_cache else None
+        gather = _cache_gather(cache_p, cache_t, a, rows, rank, n_ranks) if use_cache else None
         with ctx, seeded_passes(seeds[a]):
             out = model(mb)
             if use_cache and a > 0:
@@ -152,7 +148,7 @@ def forward_backward(
             for k in per_sample:
                 backward_loss = backward_loss + weights[k] * shares[k][a] * terms[k]
         backward_loss.backward()
-        _accumulate(acc, terms, shares, a, n)
+        _accumulate(acc, terms, shares, objectives, a)
 
     values = dict(acc)
     values["loss"] = sum(weights[k] * values[k] for k in weights)
@@ -160,16 +156,15 @@ def forward_backward(
 
 
 def _accumulate(acc: dict[str, float], terms: dict[str, torch.Tensor], shares: dict[str, list[float]],
-                a: int, n: int) -> None:
-    """Combine the micro-batch's detached values into the accumulated-batch values."""
+                objectives: Sequence[Objective], a: int) -> None:
+    """Combine the micro-batch's detached values into the accumulated-batch values: a per-sample objective's
+    loss and metrics by its shares, everything else (GC terms, scales) kept from the last micro-batch."""
+    term_of = {key: o.loss_key for o in objectives if o.loss_key in shares for key in (o.loss_key, *o.metrics)}
     for k, v in terms.items():
         if k == "loss":
             continue
         val = float(v.detach().float().reshape(-1)[0]) if v.numel() else 0.0
-        share = None
-        for term, acc_key in _ACC_OF.items():
-            if k in (term, acc_key) and term in shares:
-                share = shares[term][a]
+        share = shares[term_of[k]][a] if k in term_of else None
         if share is None:  # GC terms (same full-batch value in every pass) and scales: keep the last
             acc[k] = val
         else:

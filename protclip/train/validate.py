@@ -13,20 +13,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from protclip.eval.metrics import retrieval_metrics
+from protclip.dist import all_ranks, gather_objects, sum_over_ranks
+from protclip.metrics import retrieval_metrics
 from protclip.model.losses import ProtCLIPLoss
 
 __all__ = ["validate", "retrieval_from_features"]
-
-
-def _agree(flag: bool, device: torch.device) -> bool:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
 
 
 def _text_keys(mb: dict[str, torch.Tensor]) -> list[str]:
@@ -59,7 +51,7 @@ def validate(model: torch.nn.Module, loss_fn: ProtCLIPLoss, batches: Iterator[di
             mb = None
             if max_batches is None or n < max_batches:
                 mb = next(batches, None)
-            if not _agree(mb is not None, device):  # stop when any rank runs out: collectives stay matched
+            if not all_ranks(mb is not None, device):  # stop when any rank runs out: collectives stay matched
                 break
             out = model(mb)
             terms = loss_fn(out)
@@ -72,18 +64,12 @@ def validate(model: torch.nn.Module, loss_fn: ProtCLIPLoss, batches: Iterator[di
                 feats_t.append(out["text_features"].float().cpu().numpy())
                 keys.extend(_text_keys(mb))
             n += 1
-    names = sorted(sums)
-    vec = torch.tensor([sums[k] for k in names] + [float(rows)], dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(vec)
-    total_rows = vec[-1].item()
-    metrics = {f"val/{k}": vec[i].item() / total_rows for i, k in enumerate(names)} if total_rows else {}
+    totals = sum_over_ranks({**{f"val/{k}": v for k, v in sums.items()}, "val/rows": float(rows)}, device)
+    total_rows = totals.pop("val/rows")
+    metrics = {k: v / total_rows for k, v in totals.items()} if total_rows else {}
     metrics["val/rows"] = total_rows
     local = (np.concatenate(feats_p) if feats_p else None, np.concatenate(feats_t) if feats_t else None, keys)
-    gathered = [local]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
+    gathered = gather_objects(local)
     parts = [g for g in gathered if g[0] is not None]
     if parts:
         metrics.update(retrieval_from_features(np.concatenate([g[0] for g in parts]),

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from protclip.data.splits import split_by_hash
 from protclip.eval.embedder import Embedder
-from protclip.eval.splits import split_by_hash
 from protclip.eval.suites import finetune_head, linear_probe, mutation, ppi, retrieval, zero_shot
 from protclip.eval.suites.base import SuiteConfig, SuiteResult
 from protclip.eval.suites.finetune_head import FinetuneHeadConfig

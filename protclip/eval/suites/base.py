@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from protclip.data.formats import TASK_TYPES, LabeledSequences, read_labeled
+from protclip.data.splits import split_by_hash, subsample_by_hash
 from protclip.eval.embedder import Embedder
-from protclip.eval.formats import TASK_TYPES, LabeledSequences, read_labeled
-from protclip.eval.splits import split_by_hash, subsample_by_hash
 
 DATA_FORMATS = ("auto", "deeploc", "fasta", "csv", "tsv", "parquet")
 SPLIT_MODES = ("hash", "column", "files")
@@ -56,7 +56,7 @@ class SuiteConfig:
 
 @dataclass(kw_only=True)
 class LabeledDataConfig(SuiteConfig):
-    """A file of sequences with labels (formats in :mod:`protclip.eval.formats`)."""
+    """A file of sequences with labels (formats in :mod:`protclip.data.formats`)."""
 
     path: str = ""  # data file (FASTA / CSV / TSV / Parquet)
     format: str = "auto"  # one of DATA_FORMATS; "auto" decides by extension (.fasta -> plain labelled FASTA)

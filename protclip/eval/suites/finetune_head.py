@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from protclip.eval import metrics as M
-from protclip.eval.embedder import Embedder, resolve_device
-from protclip.eval.splits import split_by_hash
+from protclip import metrics as M
+from protclip.data.splits import split_by_hash
+from protclip.dist import resolve_device
+from protclip.eval.embedder import Embedder
 from protclip.eval.suites.base import (
     SplitDataConfig,
     SuiteResult,

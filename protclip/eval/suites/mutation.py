@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from protclip.eval import metrics as M
-from protclip.eval.alphabet import AA_INDEX
+from protclip import metrics as M
+from protclip.data.alphabet import AA_INDEX
+from protclip.data.formats import MutationSet, read_fasta, read_mutations
+from protclip.data.splits import subsample_by_hash
 from protclip.eval.embedder import Embedder
-from protclip.eval.formats import MutationSet, read_fasta, read_mutations
-from protclip.eval.splits import subsample_by_hash
 from protclip.eval.suites import figures
 from protclip.eval.suites.base import SuiteConfig, SuiteResult, clean_metrics, require
 

@@ -16,10 +16,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from protclip.eval import metrics as M
+from protclip import metrics as M
+from protclip.data.formats import PairSet, read_ppi_pairs, read_sequence_map
+from protclip.data.splits import split_by_hash, subsample_by_hash
 from protclip.eval.embedder import Embedder
-from protclip.eval.formats import PairSet, read_ppi_pairs, read_sequence_map
-from protclip.eval.splits import split_by_hash, subsample_by_hash
 from protclip.eval.suites.base import (
     SPLIT_MODES,
     SuiteConfig,

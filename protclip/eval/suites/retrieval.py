@@ -4,7 +4,7 @@ Each row's protein is embedded with ``embed_proteins`` and its text with ``embed
 cosine. A candidate counts as correct when it is the row's own partner *or* indistinguishable from it: the
 same text (for p2t) or the same sequence (for t2p) — ProtAnno has many identical texts (e.g. "PROTEIN NAME:
 Uncharacterized protein."), which would otherwise make the metric depend on arbitrary tie order. Ties in
-score are handled in expectation (see :func:`protclip.eval.metrics.retrieval_metrics`).
+score are handled in expectation (see :func:`protclip.metrics.retrieval_metrics`).
 
 R@k and MRR depend on the candidate pool size N (chance R@1 = 1/N), so ``max_examples`` is fixed by default
 (1000, a deterministic hash subsample); compare runs only at equal N.
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from protclip.eval import metrics as M
+from protclip import metrics as M
+from protclip.data.formats import FormatError, clean_sequence, read_table_frame
+from protclip.data.formats.core import iter_rows
+from protclip.data.splits import subsample_by_hash
 from protclip.eval.embedder import Embedder
-from protclip.eval.formats import FormatError, clean_sequence, read_table_frame
-from protclip.eval.formats.core import iter_rows
-from protclip.eval.splits import subsample_by_hash
 from protclip.eval.suites import figures
 from protclip.eval.suites.base import SuiteConfig, SuiteResult, clean_metrics, require
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from protclip.eval import metrics as M
+from protclip import metrics as M
 from protclip.eval.suites import figures
 from protclip.eval.suites.base import majority_accuracy
 

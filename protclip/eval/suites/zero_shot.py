@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protclip.eval import metrics as M
+from protclip import metrics as M
 from protclip.eval.embedder import Embedder
 from protclip.eval.suites import figures
 from protclip.eval.suites.base import (

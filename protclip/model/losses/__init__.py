@@ -1,4 +1,8 @@
-"""The four ProtCLIP objectives; each returns a dict of named scalar terms (``loss_*`` plus detached metrics)."""
+"""The four ProtCLIP objectives; each returns a dict of named scalar terms (``loss_*`` plus detached metrics).
+
+Which objectives exist, and everything the model, the total and the trainer need to know about each, is declared
+once in :mod:`protclip.model.losses.registry`.
+"""
 
 from protclip.model.losses.bsr import bsr_loss
 from protclip.model.losses.contrastive import GatheredFeatures, gather_all_ranks, global_contrastive_loss

@@ -1,21 +1,21 @@
-"""Total loss: L = L_GC + lambda_bsr L_BSR + lambda_mlm L_MLM + lambda_pda L_PDA over the enabled terms."""
+"""Total loss: L = L_GC + lambda_bsr L_BSR + lambda_mlm L_MLM + lambda_pda L_PDA over the enabled objectives.
+
+Which terms exist, their weights and their loss functions come from the objective registry
+(:mod:`protclip.model.losses.registry`), so this module names no objective.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from protclip.model.config import LossConfig, ModelConfig
-from protclip.model.losses.bsr import bsr_loss
-from protclip.model.losses.contrastive import GatherFn, global_contrastive_loss
-from protclip.model.losses.mlm import mlm_loss
-from protclip.model.losses.pda import pda_loss
+from protclip.model.losses.contrastive import GatherFn
+from protclip.model.losses.registry import LossContext, enabled_objectives
 
 
 def loss_weights(cfg: LossConfig) -> dict[str, float]:
-    """Weight of each enabled ``loss_*`` term."""
-    w = {"loss_gc": 1.0, "loss_bsr": cfg.lambda_bsr, "loss_mlm": cfg.lambda_mlm, "loss_pda": cfg.lambda_pda}
-    on = {"loss_gc": cfg.gc, "loss_bsr": cfg.bsr, "loss_mlm": cfg.mlm, "loss_pda": cfg.pda}
-    return {k: v for k, v in w.items() if on[k]}
+    """Weight of each enabled ``loss_*`` term, in registry (summation) order."""
+    return {o.loss_key: o.weight(cfg) for o in enabled_objectives(cfg)}
 
 
 def weighted_total(terms: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
@@ -34,25 +34,18 @@ class ProtCLIPLoss:
     """
 
     def __init__(self, cfg: LossConfig, model_cfg: ModelConfig | None = None) -> None:
-        model_cfg = model_cfg or ModelConfig()
-        self.cfg, self.mode, self.pda_threshold = cfg, model_cfg.mode, model_cfg.pda_threshold
+        self.cfg, self.model_cfg = cfg, model_cfg or ModelConfig()
 
     def __call__(
         self, out: dict[str, torch.Tensor], gather_fn: GatherFn | None = None
     ) -> dict[str, torch.Tensor]:
-        cfg, terms = self.cfg, {}
-        if cfg.gc:
-            terms |= global_contrastive_loss(
-                out["protein_features"], out["text_features"], out["logit_scale"], gather_fn
-            )
-        if cfg.mlm:
-            terms |= mlm_loss(out["mlm_logits"], out["mlm_labels"])
-        if cfg.bsr:
-            terms |= bsr_loss(out["bsr_logits"], out["bsr_labels"])
-        if cfg.pda:
-            terms |= pda_loss(
-                out["pda_tokens"], out["pda_token_mask"], out["pda_queries"], out["local_logit_scale"],
-                threshold=self.pda_threshold, symmetric=self.mode == "paper",
-            )  # fmt: skip
-        terms["loss"] = weighted_total(terms, cfg)
+        ctx, terms = LossContext(self.model_cfg, gather_fn), {}
+        for objective in enabled_objectives(self.cfg):
+            missing = [f for f in objective.features if f not in out]
+            if missing:
+                raise KeyError(
+                    f"objective {objective.name} needs features {missing} the model did not return"
+                )
+            terms |= objective.loss(out, ctx)
+        terms["loss"] = weighted_total(terms, self.cfg)
         return terms

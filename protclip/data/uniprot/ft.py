@@ -1,4 +1,4 @@
-"""FT lines (positional features) in both syntaxes, plus the shared line-unwrapping rule.
+"""FT lines (positional features) in both syntaxes.
 
 Current syntax (2019-12 onwards)::
 
@@ -22,12 +22,9 @@ block is split once per feature, and qualifiers are split on ``"<TAB>/``; no per
 
 from __future__ import annotations
 
-import re
+from protclip.data.uniprot.records import Feature
+from protclip.data.uniprot.text import join_wrapped, qualifier_value, unwrap_tabs
 
-from protclip.data.uniprot_records import Feature, _qualifier
-
-_HYPHEN_WRAP = re.compile(r"(?<! )-\n")
-_HYPHEN_TAB = re.compile(r"(?<! )-\t")
 _SEQ_NOTE_TYPES = frozenset({"VAR_SEQ", "VARSPLIC", "VARIANT", "CONFLICT"})
 _OLD_CONT = "\nFT" + " " * 32  # pre-2019 continuation: text at column 35
 _NEW_CONT = "\nFT" + " " * 19  # current continuation / qualifier: text at column 22
@@ -35,27 +32,6 @@ _NEW_CONT = "\nFT" + " " * 19  # current continuation / qualifier: text at colum
 
 class FeatureFormatError(ValueError):
     """An FT line that cannot be understood."""
-
-
-def join_wrapped(parts: list[str]) -> str:
-    """Undo UniProt's line wrapping: lines are joined with a space, except after a line-final hyphen.
-
-    UniProt's writer (``FFLineWrapper``) wraps either at a space or right after a ``-`` inside a word, and never
-    at the space of ``"- "``; so a line ending in ``-`` (not `` -``) continues the same word.
-    """
-    if len(parts) == 1:
-        return parts[0]
-    s = "\n".join(parts)
-    if "-\n" in s:
-        s = _HYPHEN_WRAP.sub("-", s)
-    return s.replace("\n", " ")
-
-
-def _unwrap_tabs(s: str) -> str:
-    """Same rule as :func:`join_wrapped` for a value whose line breaks were turned into tabs."""
-    if "-\t" in s:
-        s = _HYPHEN_TAB.sub("-", s)
-    return s.replace("\t", " ")
 
 
 def _pos(tok: str) -> tuple[int | None, str]:
@@ -123,7 +99,7 @@ def _merge_odd_continuations(chunks: list[str]) -> list[str]:
 def parse_features(block: str) -> list[Feature]:
     """The FT lines of one entry as one string (lines separated by newlines) -> features in file order.
 
-    Precondition (checked by the block scanner in :mod:`protclip.data.uniprot_entry`): every line starts with
+    Precondition (checked by the block scanner in :mod:`protclip.data.uniprot.entry`): every line starts with
     ``"FT   "``. One entry uses one syntax, decided from its first feature line.
     """
     nl = block.find("\n")
@@ -175,11 +151,11 @@ def _new_features(chunks: list[str]) -> list[Feature]:
                 e = rest.find('"\t/', k)
                 note = rest[k + 7 : e] if e >= 0 else rest[k + 7 : -1]
                 if "\t" in note:
-                    note = _unwrap_tabs(note)
+                    note = unwrap_tabs(note)
                     if key in _SEQ_NOTE_TYPES:
                         note = _fix_seq_note(note)
             elif '/ligand="' in rest:
-                note = _unwrap_tabs(_qualifier(rest, '/ligand="') or "")
+                note = unwrap_tabs(qualifier_value(rest, '/ligand="') or "")
             else:
                 note = None
             append(new(Feature, (key, start, end, note, sf, ef, iso, rest)))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protclip.eval.formats.core import FormatError, clean_sequence, iter_rows, read_fasta, read_table_frame
+from protclip.data.formats.core import FormatError, clean_sequence, iter_rows, read_fasta, read_table_frame
 
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no"}

@@ -1,6 +1,6 @@
 """Streaming parser for UniProtKB flat files (``.dat`` / ``.dat.gz``, Swiss-Prot and TrEMBL).
 
-Design: :mod:`protclip.data.uniprot_split` cuts the byte stream into raw records (with byte offsets and line
+Design: :mod:`~protclip.data.uniprot.split` cuts the byte stream into raw records (with byte offsets and line
 numbers); :func:`parse_raw` turns a raw record into :class:`UniProtRecord` / :class:`MalformedRecord` results
 (one, or several when damage glued entries together). Nothing raises out of the iterators for bad input and
 nothing is dropped silently, so ``good + bad == total`` for every file.
@@ -11,9 +11,9 @@ Entry points: :func:`iter_records` (stream -> results), :func:`parse_file` (smal
 :func:`parse_raw_batch` on workers. Offsets in ``.gz`` files are offsets in the uncompressed stream.
 
 Speed (see ``benchmarks/parse_benchmark.py``): records are cut with one fast search per record, entries are
-walked block by block rather than line by line (:mod:`protclip.data.uniprot_entry`), the feature table is
-split as one string (:mod:`protclip.data.uniprot_ft`), and the CRC64 check is vectorised with numpy
-(:mod:`protclip.data.uniprot_crc`).
+walked block by block rather than line by line (:mod:`~protclip.data.uniprot.entry`), the feature table is
+split as one string (:mod:`~protclip.data.uniprot.ft`), and the CRC64 check is vectorised with numpy
+(:mod:`~protclip.data.uniprot.crc`).
 
 Policies:
 
@@ -34,53 +34,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from protclip.data.uniprot_crc import crc64, crc64_many
-from protclip.data.uniprot_entry import VALID_RESIDUES, EntryError, parse_entry
-from protclip.data.uniprot_records import (
-    Feature,
-    MalformedRecord,
-    ParseResult,
-    RawRecord,
-    UniProtRecord,
-)
-from protclip.data.uniprot_split import (
-    chunk_ranges,
-    find_record_boundaries,
-    iter_chunk_raw,
-    iter_raw_records,
-    iter_record_batches,
-    line_numbers_at,
-    open_uniprot,
-    split_exhaustive,
-    split_raw,
-)
-
-__all__ = [
-    "Feature",
-    "MalformedRecord",
-    "ParseReport",
-    "ParseResult",
-    "RawRecord",
-    "UniProtRecord",
-    "VALID_RESIDUES",
-    "chunk_ranges",
-    "crc64",
-    "find_record_boundaries",
-    "iter_chunk",
-    "iter_raw_records",
-    "iter_record_batches",
-    "iter_records",
-    "line_numbers_at",
-    "open_uniprot",
-    "parse_file",
-    "parse_raw",
-    "parse_raw_batch",
-    "split_exhaustive",
-    "split_raw",
-]
+from protclip.data.uniprot.crc import crc64_many
+from protclip.data.uniprot.entry import EntryError, parse_entry
+from protclip.data.uniprot.records import MalformedRecord, ParseReport, ParseResult, RawRecord, UniProtRecord
+from protclip.data.uniprot.split import iter_chunk_raw, iter_raw_records, open_uniprot, split_raw
 
 
 def _first_accession(text: str) -> str | None:
@@ -255,18 +214,6 @@ def iter_chunk(
             group = []
     if group:
         yield from parse_raw_batch(group, src, verify_crc)
-
-
-@dataclass
-class ParseReport:
-    """Everything parsed from one file: good records and the malformed ones, in file order."""
-
-    records: list[UniProtRecord] = field(default_factory=list)
-    errors: list[MalformedRecord] = field(default_factory=list)
-
-    @property
-    def n_total(self) -> int:
-        return len(self.records) + len(self.errors)
 
 
 def parse_file(

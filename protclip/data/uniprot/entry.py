@@ -5,17 +5,19 @@ regex search finds where each block ends, the block is handled as a whole (GO id
 ``str.find``, FT and CC handed over as text), and reference lines are never looked at one by one. This keeps
 the per-entry Python work proportional to the number of blocks (~30), not lines (~350 in Swiss-Prot).
 
-Problems raise :class:`EntryError`; :func:`protclip.data.uniprot.parse_raw` turns that into a MalformedRecord.
+Problems raise :class:`EntryError`; :func:`protclip.data.uniprot.reader.parse_raw` turns that into a
+MalformedRecord.
 """
 
 from __future__ import annotations
 
 import re
 
-from protclip.data.uniprot_crc import crc64
-from protclip.data.uniprot_de import DEFormatError, parse_de
-from protclip.data.uniprot_ft import FeatureFormatError, _unwrap_tabs, join_wrapped, parse_features
-from protclip.data.uniprot_records import UniProtRecord
+from protclip.data.uniprot.crc import crc64
+from protclip.data.uniprot.de import DEFormatError, parse_de
+from protclip.data.uniprot.ft import FeatureFormatError, parse_features
+from protclip.data.uniprot.records import UniProtRecord
+from protclip.data.uniprot.text import join_wrapped, unwrap_tabs
 
 VALID_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY" + "UOBZX")
 _STATUS = {"Reviewed;": True, "Unreviewed;": False, "STANDARD;": True, "PRELIMINARY;": False}
@@ -142,7 +144,8 @@ def _cc_text(text: str, blocks: list[tuple[int, int]]) -> tuple[str | None, str 
 
     Several comments of one topic are joined by ``"; "`` (as in UniProt's TSV and the released ProtAnno text);
     other topics and the copyright block are skipped. A regex finds just the three topics; continuation
-    prefixes become tabs in one ``replace`` and are unwrapped with the hyphen rule of :func:`join_wrapped`.
+    prefixes become tabs in one ``replace`` and are unwrapped with the hyphen rule of
+    :func:`~protclip.data.uniprot.text.join_wrapped`.
     """
     out: tuple[list[str], list[str], list[str]] = ([], [], [])
     for pos, e in blocks:
@@ -155,7 +158,7 @@ def _cc_text(text: str, blocks: list[tuple[int, int]]) -> tuple[str | None, str 
                 t = t[:cut]
             if "\t " in t or " \t" in t:
                 t = _WS_TAB.sub("\t", t)
-            out[_CC_INDEX[m.group(1)]].append(_unwrap_tabs(t.strip()))
+            out[_CC_INDEX[m.group(1)]].append(unwrap_tabs(t.strip()))
     f, loc, sim = ("; ".join(x) or None for x in out)
     return f, loc, sim
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from protclip.eval.formats.core import (
+from protclip.data.formats.core import (
     ErrorCollector,
     FormatError,
     LabeledSequences,

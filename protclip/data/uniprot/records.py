@@ -10,21 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-
-def _qualifier(quals: str, tag: str) -> str | None:
-    """Value of qualifier ``tag`` (e.g. ``'/note="'``) in a feature's raw qualifier text, or None.
-
-    Raw qualifier text is the qualifier lines of the current FT syntax with each line break turned into a tab:
-    ``/note="..."<TAB>/evidence="..."<TAB>/id="..."``. Values are unquoted; wrapped lines stay tab-joined.
-    """
-    k = quals.find(tag)
-    if k < 0:
-        return None
-    k += len(tag)
-    e = quals.find('"\t/', k)
-    if e < 0:
-        e = len(quals) - 1 if quals.endswith('"') else len(quals)
-    return quals[k:e]
+from protclip.data.uniprot.text import qualifier_value, unwrap_tabs
 
 
 class Feature(NamedTuple):
@@ -42,8 +28,8 @@ class Feature(NamedTuple):
     ``note`` is the ``/note`` qualifier (current syntax) or the description column (pre-2019 syntax, one trailing
     full stop removed); a BINDING feature with ``/ligand`` but no ``/note`` gets the ligand name as note, since
     the pre-2022 syntax carried the ligand in the note. The other qualifiers stay in ``qualifiers`` (raw text,
-    see :func:`_qualifier`) and are decoded on access (``evidence``, ``ft_id``, :meth:`qualifier`): the ProtAnno
-    row only needs the note. A NamedTuple so the parser can build it with ``tuple.__new__`` (no Python-level
+    see :func:`~protclip.data.uniprot.text.qualifier_value`) and are decoded on access (``evidence``, ``ft_id``,
+    :meth:`qualifier`): the ProtAnno row only needs the note. A NamedTuple so the parser can build it with ``tuple.__new__`` (no Python-level
     ``__init__`` per feature; features are the bulk of a Swiss-Prot entry).
     """
 
@@ -58,11 +44,9 @@ class Feature(NamedTuple):
 
     def qualifier(self, name: str) -> str | None:
         """Decoded value of one qualifier (``"evidence"``, ``"id"``, ``"ligand_id"``, ...), or None."""
-        v = _qualifier(self.qualifiers, "/" + name + '="')
+        v = qualifier_value(self.qualifiers, "/" + name + '="')
         if v is not None and "\t" in v:
-            from protclip.data.uniprot_ft import _unwrap_tabs  # local: uniprot_ft imports this module
-
-            v = _unwrap_tabs(v)
+            v = unwrap_tabs(v)
         return v
 
     @property
@@ -151,3 +135,15 @@ class RawRecord:
     data: bytes
     terminated: bool = True
     error: str | None = None  # set when the input stream itself broke here (truncated/corrupt .gz): reported
+
+
+@dataclass
+class ParseReport:
+    """Everything parsed from one file: good records and the malformed ones, in file order."""
+
+    records: list[UniProtRecord] = field(default_factory=list)
+    errors: list[MalformedRecord] = field(default_factory=list)
+
+    @property
+    def n_total(self) -> int:
+        return len(self.records) + len(self.errors)

@@ -1,4 +1,4 @@
-"""A tiny randomly initialised ESM tower built in code (no hub, no files): for tests and smoke runs."""
+"""A tiny randomly initialised ESM tower built in code (no hub, no files), for the eval tests."""
 
 from __future__ import annotations
 

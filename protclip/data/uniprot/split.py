@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from protclip.data.uniprot_records import RawRecord
+from protclip.data.uniprot.records import RawRecord
 
 _READ_BLOCK = 4 << 20
 _MAX_PENDING = 32 << 20  # bytes without a fast boundary before falling back to the exhaustive splitter

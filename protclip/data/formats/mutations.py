@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protclip.eval.alphabet import AA_INDEX
-from protclip.eval.formats.core import FormatError, clean_sequence, iter_rows, parse_label, read_table_frame
+from protclip.data.alphabet import AA_INDEX
+from protclip.data.formats.core import FormatError, clean_sequence, iter_rows, parse_label, read_table_frame
 
 _MUT_RE = re.compile(r"([A-Z])(-?\d+)([A-Z])")
 

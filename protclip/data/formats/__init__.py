@@ -18,7 +18,7 @@ Formats
   sequence map, as in GNN-PPI's ``*.sequences.dictionary.tsv``) plus a 0/1 ``label``.
 """
 
-from protclip.eval.formats.core import (
+from protclip.data.formats.core import (
     TASK_TYPES,
     FastaRecord,
     FormatError,
@@ -29,15 +29,15 @@ from protclip.eval.formats.core import (
     read_table_frame,
     table_format,
 )
-from protclip.eval.formats.labeled import read_deeploc_fasta, read_labeled, read_labeled_fasta, read_table
-from protclip.eval.formats.mutations import (
+from protclip.data.formats.labeled import read_deeploc_fasta, read_labeled, read_labeled_fasta, read_table
+from protclip.data.formats.mutations import (
     Mutation,
     MutationSet,
     check_against_wt,
     parse_mutant,
     read_mutations,
 )
-from protclip.eval.formats.ppi import PairSet, read_ppi_pairs, read_sequence_map
+from protclip.data.formats.ppi import PairSet, read_ppi_pairs, read_sequence_map
 
 __all__ = [
     "TASK_TYPES",

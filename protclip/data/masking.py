@@ -21,7 +21,14 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+#: Label of positions that no loss scores (torch cross-entropy's ``ignore_index``); the one definition.
 IGNORE_INDEX = -100
+
+#: UniProt positional feature types that can serve as BSR "static segments" (span_source = "features").
+DEFAULT_SPAN_FEATURE_TYPES = [
+    "DOMAIN", "REGION", "MOTIF", "ACT_SITE", "BINDING", "SITE", "METAL", "NP_BIND",
+    "ZN_FING", "DNA_BIND", "REPEAT", "COILED", "COMPBIAS",
+]  # fmt: skip
 
 
 def crop_start(n_res: int, max_res: int, rng: np.random.Generator | None) -> int:

