@@ -44,7 +44,7 @@ def _setup(seed: int = 0):
 
 
 def _batches(n: int, mbs: int, rank: int = 0) -> list[dict[str, torch.Tensor]]:
-    from tests.train_helpers import synthetic_rows
+    from tests.helpers.train import synthetic_rows
 
     _, _, collator = _setup()
     return [collator(synthetic_rows(mbs, seed=1000 * rank + i, min_len=60, max_len=128)) for i in range(n)]

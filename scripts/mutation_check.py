@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_FILES = ("tests/test_model_objectives.py", "tests/test_model_losses.py", "tests/test_model_gradients.py")
+TEST_FILES = ("tests/model/test_model_objectives.py", "tests/model/test_model_losses.py", "tests/model/test_model_gradients.py")
 COPIED = ("protclip", "tests", "pyproject.toml")
 
 MODEL = "protclip/model/protclip.py"
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[Mutant, str, str, float]] = []
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", "import protclip, tests.model_helpers as h; print(protclip.__file__, h.__file__)"],
+            [sys.executable, "-c", "import protclip, tests.helpers.model as h; print(protclip.__file__, h.__file__)"],
             cwd=root, env=env_for(root), capture_output=True, text=True,
         )  # fmt: skip
         if probe.returncode or any(not p.startswith(str(root)) for p in probe.stdout.split()):

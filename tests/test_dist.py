@@ -19,7 +19,7 @@ from protclip.dist import (
     sum_over_ranks,
     world,
 )
-from tests.train_helpers import run_gloo
+from tests.helpers.train import run_gloo
 
 CPU = torch.device("cpu")
 

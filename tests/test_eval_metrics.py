@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn.metrics import average_precision_score, f1_score
 
 from protclip import metrics as M
-from tests.tolerance import approx_rounding, assert_close_rounding
+from tests.helpers.tolerance import approx_rounding, assert_close_rounding
 
 # ---------------------------------------------------------------- retrieval
 

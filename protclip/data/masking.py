@@ -1,6 +1,6 @@
 """Cropping and masking of protein token ids (pure numpy; runs inside the collator on data workers).
 
-Definitions (tested in tests/test_model_masking.py):
+Definitions (tested in tests/data/test_model_masking.py):
 - **Crop.** A sequence longer than ``max_res`` residues keeps a window of exactly ``max_res`` residues: a
   uniformly random window in paper-mode training (as ProtST), the N-terminal prefix in released mode and at eval.
 - **MLM (paper).** Exactly ``k = max(1, floor(p * n + 0.5))`` of the ``n`` real residues, drawn without

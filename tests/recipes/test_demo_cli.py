@@ -1,7 +1,7 @@
 """The README's main command (jobs/demo.py): overrides are routed and bad ones fail fast with one clear line.
 
 The demo's two steps themselves (build + pre-training with jobs/configs/demo.yaml) run end to end in
-tests/test_ray_job_submit.py::test_ray_job_submit_runs_the_main_job.
+tests/recipes/test_ray_job_submit.py::test_ray_job_submit_runs_the_main_job.
 """
 
 from __future__ import annotations

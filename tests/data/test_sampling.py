@@ -20,7 +20,7 @@ from protclip.data.sampling import (
     row_uniform_scalar,
     sampling_weight,
 )
-from tests.tolerance import approx_rounding
+from tests.helpers.tolerance import approx_rounding
 
 ACCS = np.array([f"A0A{i:07d}" for i in range(200_000)])
 

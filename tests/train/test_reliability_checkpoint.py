@@ -33,7 +33,7 @@ from protclip.train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from tests.train_helpers import run_gloo
+from tests.helpers.train import run_gloo
 
 
 def _model() -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

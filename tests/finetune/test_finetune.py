@@ -30,7 +30,7 @@ from protclip.finetune.model import (
     save_merged,
 )
 from protclip.paths import REPO_ROOT
-from tests.tolerance import ULPS_NETWORK, approx_rounding, assert_close_rounding, eps_atol
+from tests.helpers.tolerance import ULPS_NETWORK, approx_rounding, assert_close_rounding, eps_atol
 
 DEEPLOC = "benchmarks/deeploc1_la/deeploc_test_set.fasta"
 

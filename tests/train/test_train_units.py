@@ -23,8 +23,8 @@ from protclip.train.flops import TowerShape, mfu, pass_flops, peak_flops
 from protclip.train.optim import build_optimizer, guarded_step, init_optimizer_state
 from protclip.train.schedule import WarmupDecay, build_scheduler, warmup_steps_for
 from protclip.train.step import forward_backward
-from tests.tolerance import approx_rounding
-from tests.train_helpers import run_gloo, split_batch, synthetic_rows, tiny_setup
+from tests.helpers.tolerance import approx_rounding
+from tests.helpers.train import run_gloo, split_batch, synthetic_rows, tiny_setup
 
 
 def test_schedule_values():

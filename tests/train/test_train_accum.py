@@ -20,8 +20,8 @@ from protclip.model.losses.contrastive import global_contrastive_loss
 from protclip.model.losses.total import loss_weights
 from protclip.model.protclip import seeded_passes
 from protclip.train.step import draw_step_seed, forward_backward, micro_batch_seed
-from tests.tolerance import ULPS_NETWORK, ULPS_REDUCTION, assert_close_rounding
-from tests.train_helpers import run_gloo, split_batch, synthetic_rows, tiny_setup
+from tests.helpers.tolerance import ULPS_NETWORK, ULPS_REDUCTION, assert_close_rounding
+from tests.helpers.train import run_gloo, split_batch, synthetic_rows, tiny_setup
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from protclip.eval.suites.mutation import score_variants
 from protclip.eval.suites.zero_shot import DEEPLOC_CLASS_NAMES, DEFAULT_LOCATION_TEMPLATES, class_prompts
 from protclip.paths import shared_data_dir
 from tests.helpers.tiny_esm import tiny_esm_embedder
-from tests.tolerance import approx_rounding, assert_close_rounding
+from tests.helpers.tolerance import approx_rounding, assert_close_rounding
 
 DEEPLOC = shared_data_dir() / "benchmarks" / "deeploc1_la" / "deeploc_test_set.fasta"
 

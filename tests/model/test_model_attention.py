@@ -11,7 +11,7 @@ from transformers import AttentionInterface
 from protclip.model import attention
 from protclip.model.config import tiny_model_config
 from protclip.model.towers import build_protein_tower, build_text_tower
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
 
 
 def padded_protein_batch() -> tuple[torch.Tensor, torch.Tensor]:

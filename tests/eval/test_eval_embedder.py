@@ -14,7 +14,7 @@ from protclip.data.alphabet import AMINO_ACIDS
 from protclip.data.batching import length_batches
 from protclip.eval.embedder import Embedder, HFProteinEmbedder
 from tests.helpers.tiny_esm import esm_tokenizer, tiny_esm_embedder
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQ",

@@ -15,8 +15,8 @@ import warnings
 import pytest
 import torch
 
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding
-from tests.train_helpers import run_gloo, split_batch, synthetic_rows, tiny_setup
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
+from tests.helpers.train import run_gloo, split_batch, synthetic_rows, tiny_setup
 
 WORLD = 2
 VIEW_WARNING = "returned a view tensor"

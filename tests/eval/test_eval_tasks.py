@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from protclip.paths import REPO_ROOT
-from tests.tolerance import approx_rounding
+from tests.helpers.tolerance import approx_rounding
 
 pytestmark = pytest.mark.ray
 

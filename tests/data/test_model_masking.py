@@ -16,7 +16,7 @@ from protclip.data.tokenizers import (
     ProteinTokenizer,
 )
 from protclip.model.config import LossConfig, collate_config, tiny_model_config
-from tests.model_helpers import row_batch
+from tests.helpers.model import row_batch
 
 
 def runs(positions: np.ndarray) -> list[tuple[int, int]]:

@@ -29,7 +29,7 @@ from protclip.data.stages import (
 from protclip.data.uniprot import parse_file
 from protclip.model.config import collate_config, tiny_model_config
 from tests.helpers.pipeline_checks import EpochDataStats, padding_share
-from tests.tolerance import approx_rounding
+from tests.helpers.tolerance import approx_rounding
 
 SAMPLING = SamplingConfig(mode="per_epoch", keep_reviewed=False, coverage_exponent=1.0, confidence_exponent=1.0,
                           min_k=1, max_pe=5)

@@ -1,7 +1,7 @@
 """The lines that make ``paper`` mode differ from ``released`` mode, pinned through the public model and loss.
 
 ``build_model(cfg)(batch)`` -> ``ProtCLIPLoss`` is checked in both modes against
-- a reference written from docs/method.md §3-§4 in float64 (tests/model_helpers.py ``ref_forward``/``ref_terms``,
+- a reference written from docs/method.md §3-§4 in float64 (tests/helpers/model.py ``ref_forward``/``ref_terms``,
   with the method's constants written there: temperatures 0.07 / 0.1, theta 0.3, prototype tau 0.9),
 - invariance to padding columns (paper) and its failure, exactly as the released code's plain means and
   unmasked protein-axis softmax give (released),
@@ -11,7 +11,7 @@
 Randomness is controlled: models run in eval mode (no Gumbel noise in the prototype bank; the frozen text tower
 has no dropout, the tiny ESM none), a batch is collated once and padded by hand, so both versions share masks.
 Float comparisons: fp32 model outputs against float64 references, with the rounding budget of a few layers of
-heads (``ULPS_NETWORK`` of the reference's max-abs, tests/tolerance.py).
+heads (``ULPS_NETWORK`` of the reference's max-abs, tests/helpers/tolerance.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_MASK, ESM_PAD
 from protclip.model.config import LossConfig, ModelConfig, tiny_model_config
 from protclip.model.losses import ProtCLIPLoss
 from protclip.model.protclip import ProtCLIPModel
-from tests.model_helpers import (
+from tests.helpers.model import (
     pad_columns,
     ref_clip_loss,
     ref_forward,
@@ -37,7 +37,7 @@ from tests.model_helpers import (
     short_rows,
     tiny,
 )
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding, rounding_atol
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding, rounding_atol
 
 MODES = ("paper", "released")
 FEATURES = ("protein_features", "text_features", "mlm_logits", "bsr_logits", "pda_queries", "pda_tokens")

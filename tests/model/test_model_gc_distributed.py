@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from protclip.model.losses.contrastive import global_contrastive_loss
-from tests.tolerance import ULPS_REDUCTION, assert_close_rounding
+from tests.helpers.tolerance import ULPS_REDUCTION, assert_close_rounding
 
 WORLD, LOCAL, DIM_IN, DIM = 2, 4, 12, 6
 

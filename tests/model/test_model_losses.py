@@ -18,8 +18,8 @@ from protclip.model.losses import (
     pda_segments,
 )
 from protclip.model.losses.pda import pda_logits
-from tests.model_helpers import ref_pda
-from tests.tolerance import ULPS_NETWORK, assert_close_rounding
+from tests.helpers.model import ref_pda
+from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
 
 
 def close64(actual, expected, msg=""):

@@ -18,7 +18,7 @@ from protclip.data.collate import (
 )
 from protclip.data.tokenizers import ESM_PAD, ProteinTokenizer, load_text_tokenizer, text_tokenizer_dir
 from protclip.model.config import LossConfig, ModelConfig, collate_config, tiny_model_config
-from tests.model_helpers import protanno_rows, row_batch
+from tests.helpers.model import protanno_rows, row_batch
 
 INT_KEYS = [
     "protein_input_ids", "protein_attention_mask", "mlm_input_ids", "mlm_labels", "span_input_ids",
