@@ -8,7 +8,6 @@ any worker and after a restart.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +17,7 @@ import pyarrow as pa
 
 from protclip.data.parquet_files import Fragment, needed_types, read_fragment
 from protclip.data.sampling import SamplingConfig, keep_mask, row_uniform
+from protclip.dist import derive_seed
 
 #: columns the sampler and the mix need
 META_COLUMNS = ["accession", "reviewed", "protein_existence", "n_properties"]
@@ -26,15 +26,6 @@ DETERMINISTIC_FLAG = "_deterministic_split"
 #: salt of the train/validation hash, so the held-out set is uncorrelated with the sampler's draw
 VAL_SALT = 0x76616C5F73706C74
 _M64 = (1 << 64) - 1
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any sequence of ints/strings (blake2b; same on every platform and process)."""
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\x1f")
-    return int.from_bytes(h.digest(), "little") >> 1
 
 
 def val_uniform(accessions: Any, val_seed: int) -> np.ndarray:
@@ -268,4 +259,3 @@ def count_mix(table: pa.Table, mask: np.ndarray | None = None) -> dict[tuple[boo
 def mix_key(reviewed: bool, pe: int, k: int) -> str:
     """``sp_pe1_k4`` (Swiss-Prot) / ``tr_pe3_k3`` (TrEMBL): the flat MLflow name of a mix cell."""
     return f"{'sp' if reviewed else 'tr'}_pe{int(pe)}_k{int(k)}"
-

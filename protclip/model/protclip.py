@@ -15,7 +15,6 @@ same randomness as the grad forward's clean protein and text passes, whatever ra
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -27,18 +26,13 @@ from torch import nn
 
 from protclip.data.masking import IGNORE_INDEX
 from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_VOCAB
+from protclip.dist import derive_seed
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.model.heads import FragmentDecoder, ProjectionHead, PrototypeBank, TokenHead
 from protclip.model.losses.registry import needed_features, needed_passes
 from protclip.model.towers import build_protein_tower, build_text_tower
 
 _PASS_SEED: ContextVar[int | None] = ContextVar("protclip_pass_seed", default=None)
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed (valid for every torch generator) that is a fixed function of ``seed`` and ``keys``."""
-    digest = hashlib.blake2b(repr((int(seed), *keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 @contextlib.contextmanager

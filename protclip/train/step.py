@@ -37,11 +37,11 @@ from dataclasses import dataclass
 import torch
 
 from protclip.data.masking import IGNORE_INDEX
-from protclip.dist import world
+from protclip.dist import derive_seed, world
 from protclip.model.losses.contrastive import GatheredFeatures, all_gather_with_grad
 from protclip.model.losses.registry import Objective, enabled_objectives
 from protclip.model.losses.total import ProtCLIPLoss, loss_weights
-from protclip.model.protclip import derive_seed, seeded_passes
+from protclip.model.protclip import seeded_passes
 
 __all__ = ["forward_backward", "StepTerms", "draw_step_seed", "micro_batch_seed"]
 
