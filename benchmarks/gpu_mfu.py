@@ -62,7 +62,7 @@ def build(attention: str, device: torch.device):
     protein.contact_head.requires_grad_(False)
     text = BertModel._from_config(BertConfig(**copy.deepcopy(PUBMEDBERT)), attn_implementation=impl,
                                   add_pooling_layer=False)
-    mcfg = ModelConfig(attention=attention, max_protein_length=2050, max_text_length=512, max_subtext_length=128)
+    mcfg = ModelConfig(attention=attention)  # the batches below are built directly, at their own lengths
     lcfg = LossConfig()
     return ProtCLIPModel(mcfg, lcfg, protein_tower=protein, text_tower=text), mcfg, lcfg, impl
 

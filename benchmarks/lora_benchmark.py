@@ -98,7 +98,7 @@ def run_one(tower: str, mode: str, batch: int, length: int, steps: int, device: 
     """One mode in this process; returns the measurements."""
     import torch
 
-    from protclip.finetune.config import LoraSection
+    from protclip.finetune.config import LoraAdapterConfig
     from protclip.finetune.model import (
         TaskSpec,
         attach_lora,
@@ -119,7 +119,7 @@ def run_one(tower: str, mode: str, batch: int, length: int, steps: int, device: 
         for n, p in model.named_parameters():
             p.requires_grad_(not n.startswith("esm.contact_head"))
     else:
-        model = attach_lora(model, LoraSection(r=8, alpha=16, dropout=0.0 if mode == "lora_d0" else 0.05), spec)
+        model = attach_lora(model, LoraAdapterConfig(r=8, alpha=16, dropout=0.0 if mode == "lora_d0" else 0.05), spec)
     rep = trainable_report(model)
     bf16 = mode == "lora_bf16"
     if bf16:
@@ -179,7 +179,7 @@ def analytic(num_labels: int = 10, r: int = 8) -> list[dict]:
     import torch
     from transformers import EsmForSequenceClassification
 
-    from protclip.finetune.config import LoraSection
+    from protclip.finetune.config import LoraAdapterConfig
     from protclip.finetune.model import TaskSpec, attach_lora, trainable_report
     from protclip.model.config import RandomTowerConfig
     from protclip.model.towers import tiny_esm_config
@@ -194,7 +194,7 @@ def analytic(num_labels: int = 10, r: int = 8) -> list[dict]:
         full = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("esm.contact_head"))
         spec = TaskSpec(type="single_label", labels=[str(i) for i in range(num_labels)])
         with torch.device("meta"):
-            rep = trainable_report(attach_lora(model, LoraSection(r=r), spec))
+            rep = trainable_report(attach_lora(model, LoraAdapterConfig(r=r), spec))
         gib = 2**30
         rows.append({
             "size": name, "layers": layers, "hidden": hidden, "params_full": full,

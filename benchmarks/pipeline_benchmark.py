@@ -64,7 +64,7 @@ def run_producer(data_cfg, model_cfg, keep: int):
     from protclip.model.config import collate_config
 
     t0 = time.perf_counter()
-    data = build_pretrain_datasets(data_cfg, collate_config(model_cfg), world_size=1)
+    data = build_pretrain_datasets(data_cfg, collate_config(model_cfg, data_cfg=data_cfg), world_size=1)
     t_build = time.perf_counter() - t0
     kept, n_mb, rows, real, padded = [], 0, 0, 0, 0
     t_first = None
@@ -132,7 +132,7 @@ def stage_padding(data_cfg, model_cfg, folder: Path, buffers: int) -> dict:
     from protclip.data.stages import collate_windows
     from protclip.model.config import collate_config
 
-    coll = make_collator(data_cfg, collate_config(model_cfg))
+    coll = make_collator(data_cfg, collate_config(model_cfg, data_cfg=data_cfg))
     t = pq.read_table(folder, columns=required_columns(coll))
     out = {}
     for name, window in (("bucketed", data_cfg.bucket_window), ("unbucketed", 0)):
@@ -202,9 +202,7 @@ def main() -> None:
         folder = Path(tmp) / "protanno"
         n = make_protanno(args.rows, folder, args.files, args.row_group)
         data_cfg = DataConfig(uri=str(folder), micro_batch_size=args.micro_batch_size)  # paper lengths, `once`
-        model_cfg = tiny_model_config(max_protein_length=data_cfg.max_protein_length,
-                                      max_text_length=data_cfg.max_text_length,
-                                      max_subtext_length=data_cfg.max_subtext_length)
+        model_cfg = tiny_model_config()
         init_ray(num_cpus=args.num_cpus)
         prod, kept = run_producer(data_cfg, model_cfg, keep=24)
         pad = stage_padding(data_cfg, model_cfg, folder, buffers=4)

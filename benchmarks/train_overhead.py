@@ -34,13 +34,14 @@ import protclip.runtime  # noqa: E402,F401  (loopback Ray)
 
 def _setup(seed: int = 0):
     from protclip.data.collate import ProtCLIPCollator
+    from protclip.data.config import tiny_data_config
     from protclip.model.config import LossConfig, collate_config, tiny_model_config
     from protclip.model.losses import ProtCLIPLoss
     from protclip.model.protclip import build_model
 
     mcfg, lcfg = tiny_model_config(), LossConfig()
     torch.manual_seed(seed)
-    return build_model(mcfg, lcfg), ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(collate_config(mcfg, lcfg), seed=seed)
+    return build_model(mcfg, lcfg), ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(collate_config(mcfg, lcfg, data_cfg=tiny_data_config()), seed=seed)
 
 
 def _batches(n: int, mbs: int, rank: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError",
+    "MOVED_KEYS",
     "load_config",
     "from_dict",
     "to_dict",
@@ -35,6 +36,26 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key path and what is wrong."""
+
+
+#: Keys that moved to another section, by ``<section class>.<old key>``: a config still setting one fails with
+#: an error naming the new dotted key instead of a generic "unknown key" (each setting lives in one place).
+MOVED_KEYS: dict[str, str] = {
+    "ModelConfig.max_protein_length": "data.max_protein_length",
+    "ModelConfig.max_text_length": "data.max_text_length",
+    "ModelConfig.max_subtext_length": "data.max_subtext_length",
+    "ModelConfig.gradient_checkpointing": "train.activation_checkpointing",
+    "FinetuneTrainConfig.gradient_checkpointing": "train.activation_checkpointing",
+}
+
+
+def _unknown_key_hint(cls: type, key: str, valid: Sequence[str]) -> str:
+    """``; did you mean ...?`` for an unknown ``key`` of section ``cls`` (the new place of a moved key first)."""
+    moved = MOVED_KEYS.get(f"{cls.__name__}.{key}")
+    if moved:
+        return f"; it moved: did you mean {moved}?"
+    close = difflib.get_close_matches(key, list(valid), n=3)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 # ----------------------------------------------------------------------------------------------- conversion
@@ -141,8 +162,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, _path: str = "") -> 
     if unknown:
         k = unknown[0]
         where = f"{_path}.{k}" if _path else k
-        close = difflib.get_close_matches(k, list(types_), n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(types_))}"
+        hint = _unknown_key_hint(cls, k, list(types_)) or f"; valid keys: {', '.join(sorted(types_))}"
         raise ConfigError(f"unknown config key '{where}'{hint}")
     kwargs = {}
     for name, tp in types_.items():
@@ -228,8 +248,7 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, str], cls: typ
             types_ = _field_types(node_cls)
             if part not in types_:
                 where = ".".join(parts[: i + 1])
-                close = difflib.get_close_matches(part, list(types_), n=3)
-                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                hint = _unknown_key_hint(node_cls, part, list(types_))
                 raise ConfigError(f"unknown config key '{where}' in override --{dotted}{hint}")
             tp = types_[part]
             if i == len(parts) - 1:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from protclip import storage as st
+from protclip.data.config import DataConfig
 from protclip.model.config import ModelConfig
 from protclip.sources import RANDOM, WHEEL_PREFIX
 from protclip.sources import resolve_source as resolve_tower_source
@@ -72,6 +73,7 @@ __all__ = [
     "model_from_checkpoint",
     "model_from_export",
     "tower_from_checkpoint",
+    "data_config_from_file",
     "find_run_config",
     "model_config_from_file",
     "committed_checkpoints",
@@ -128,21 +130,36 @@ class TowerSourceSpec(Protocol):
 # ------------------------------------------------------------------------------------------------ run configs
 
 
-def model_config_from_file(path: str | Path) -> ModelConfig:
-    """The ``model`` section of a run config (YAML or JSON; a file holding just the section works too)."""
+def _read_run_config(path: Path) -> dict[str, Any]:
     import yaml
 
-    from protclip.config import from_dict
-
-    path = Path(path)
     text = path.read_text()
     raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping with a `model` section")
+    return raw
+
+
+def model_config_from_file(path: str | Path) -> ModelConfig:
+    """The ``model`` section of a run config (YAML or JSON; a file holding just the section works too)."""
+    from protclip.config import from_dict
+
+    path = Path(path)
+    raw = _read_run_config(path)
     section = raw.get("model", raw if "protein_model" in raw else None)
     if not isinstance(section, dict):
         raise ValueError(f"{path}: no `model` section")
     return from_dict(ModelConfig, section, _path=f"{path}:model")
+
+
+def data_config_from_file(path: str | Path) -> DataConfig:
+    """The ``data`` section of a run config: the sequence-length limits the model was trained with (defaults
+    when the file has no such section, e.g. a file holding just the model section)."""
+    from protclip.config import from_dict
+
+    path = Path(path)
+    section = _read_run_config(path).get("data")
+    return from_dict(DataConfig, section if isinstance(section, dict) else {}, _path=f"{path}:data")
 
 
 def find_run_config(start: str | Path, levels: int = 3) -> Path | None:
@@ -266,11 +283,13 @@ def _download_run_config(run_id: str, tracking_uri: str | None, dest: str) -> Pa
     return Path(client.download_artifacts(run_id, CONFIG_ARTIFACT, dest))
 
 
-def _run_model_config(run_id: str, tracking_uri: str | None) -> ModelConfig | None:
-    """The ``model`` section of the config the pre-training run logged, or None when it logged none."""
+def _run_configs(run_id: str, tracking_uri: str | None) -> tuple[ModelConfig | None, DataConfig | None]:
+    """The ``model`` and ``data`` sections of the config the pre-training run logged; Nones when it logged none."""
     with tempfile.TemporaryDirectory(prefix="protclip-runcfg-") as d:
         path = _download_run_config(run_id, tracking_uri, d)
-        return model_config_from_file(path) if path is not None else None
+        if path is None:
+            return None, None
+        return model_config_from_file(path), data_config_from_file(path)
 
 
 def find_run_for(folder: str, tracking_uri: str | None, parents: int = 0) -> str | None:
@@ -319,6 +338,9 @@ class ModelSource:
     run_id: str | None = None  # the pre-training run this model belongs to, when known
     storage: st.StorageConfig | None = None  # resolved credentials/endpoint for remote URIs
     tracking_uri: str | None = None  # MLflow, for mlflow_export
+    # the run's data section (the sequence lengths it trained with); None = a run config beside the model, else
+    # the defaults
+    data_cfg: DataConfig | None = None
 
     def describe(self) -> str:
         return st.redact(f"{self.kind}:{self.uri}")
@@ -345,10 +367,11 @@ def resolve_source(
     """
     access = (storage or st.StorageConfig()).resolved()
     explicit = model_config_from_file(cfg.model_config) if cfg.model_config else None
+    explicit_data = data_config_from_file(cfg.model_config) if cfg.model_config else None
     if cfg.mlflow_run_id:
         src = _resolve_run(cfg.mlflow_run_id, access, tracking_uri)
         if explicit is not None:
-            src.model_cfg = explicit
+            src.model_cfg, src.data_cfg = explicit, explicit_data
     elif cfg.export:
         uri = _absolute(cfg.export)
         if not _is_export(uri, access):
@@ -359,11 +382,12 @@ def resolve_source(
         parent = _parent(uri)
         latest = latest_checkpoint(parent, access)
         run_id = config_run_id or find_run_for(parent, tracking_uri)
-        model_cfg = explicit
+        model_cfg, data_cfg = explicit, explicit_data
         local_cfg = find_run_config(uri) if "://" not in uri else None  # a run config beside it wins
         if model_cfg is None and local_cfg is None and run_id:
-            model_cfg = _run_model_config(run_id, tracking_uri)
-        src = ModelSource("export", uri, model_cfg, latest[0] if latest else 0, run_id, access)
+            model_cfg, data_cfg = _run_configs(run_id, tracking_uri)
+        src = ModelSource("export", uri, model_cfg, latest[0] if latest else 0, run_id, access,
+                          data_cfg=data_cfg)
     else:
         assert cfg.checkpoint is not None
         uri = _absolute(cfg.checkpoint)
@@ -375,20 +399,22 @@ def resolve_source(
                     "folder holding complete checkpoint_* folders"
                 )
             uri = latest[1]
-        model_cfg = explicit
+        model_cfg, data_cfg = explicit, explicit_data
         run_id = None
         if model_cfg is None and "://" not in uri:
             found = find_run_config(uri)
-            model_cfg = model_config_from_file(found) if found else None
+            if found:
+                model_cfg, data_cfg = model_config_from_file(found), data_config_from_file(found)
         if model_cfg is None:
             run_id = config_run_id or find_run_for(_parent(uri), tracking_uri)
-            model_cfg = _run_model_config(run_id, tracking_uri) if run_id else None
+            model_cfg, data_cfg = _run_configs(run_id, tracking_uri) if run_id else (None, None)
         if model_cfg is None:
             raise FileNotFoundError(
                 f"source.checkpoint {st.redact(uri)}: cannot tell the model architecture; pass source.model_config "
                 "(the run's YAML), or run_id of the pre-training run (its logged config is read)"
             )
-        src = ModelSource("checkpoint", uri, model_cfg, checkpoint_step(uri, access), run_id, access)
+        src = ModelSource("checkpoint", uri, model_cfg, checkpoint_step(uri, access), run_id, access,
+                          data_cfg=data_cfg)
     if cfg.step is not None:
         src.step = cfg.step
     src.tracking_uri = tracking_uri
@@ -400,7 +426,7 @@ def _resolve_run(run_id: str, access: st.StorageConfig, tracking_uri: str | None
     client = _client(tracking_uri)
     run = client.get_run(run_id)
     meta = {**run.data.params, **run.data.tags}
-    model_cfg = _run_model_config(run_id, tracking_uri)
+    model_cfg, data_cfg = _run_configs(run_id, tracking_uri)
     run_uri = meta.get(RUN_URI_TAG)
     latest = latest_checkpoint(run_uri, access) if run_uri else None
     step = latest[0] if latest else 0
@@ -409,16 +435,18 @@ def _resolve_run(run_id: str, access: st.StorageConfig, tracking_uri: str | None
     )
     for uri in exports:
         if _is_export(uri, access):
-            return ModelSource("export", uri, model_cfg, step, run_id, access, tracking_uri)
+            return ModelSource("export", uri, model_cfg, step, run_id, access, tracking_uri, data_cfg)
     if latest is not None:
         if model_cfg is None:
             raise ValueError(
                 f"MLflow run {run_id}: has checkpoints but logged no {CONFIG_ARTIFACT} to describe them"
             )
-        return ModelSource("checkpoint", latest[1], model_cfg, latest[0], run_id, access, tracking_uri)
+        return ModelSource(
+            "checkpoint", latest[1], model_cfg, latest[0], run_id, access, tracking_uri, data_cfg
+        )
     names = {a.path for a in client.list_artifacts(run_id, "export")}
     if {"export/protein", "export/text", "export/heads.safetensors"} <= names:
-        return ModelSource("mlflow_export", run_id, model_cfg, step, run_id, access, tracking_uri)
+        return ModelSource("mlflow_export", run_id, model_cfg, step, run_id, access, tracking_uri, data_cfg)
     raise FileNotFoundError(
         f"MLflow run {run_id}: no export ({', '.join(EXPORT_TAGS)} tag, {RUN_URI_TAG}/export), no complete "
         f"checkpoint under {RUN_URI_TAG}={st.redact(str(run_uri))}, and no export/ artifacts"
@@ -455,7 +483,8 @@ def local_copy(source: ModelSource) -> Iterator[Path]:
 
 def load_model(source: ModelSource) -> tuple[ProtCLIPModel, dict[str, Any]]:
     """``(ProtCLIPModel in eval mode, info)``; info carries the text tokenizer (loaded while a temporary copy of
-    an export still exists) and the checkpoint's own step when there is one."""
+    an export still exists), the run's data section (``data_cfg``: the sequence lengths to embed with) and the
+    checkpoint's own step when there is one."""
     from protclip.data.tokenizers import load_text_tokenizer, text_tokenizer_dir
 
     with local_copy(source) as d:
@@ -472,12 +501,23 @@ def load_model(source: ModelSource) -> tuple[ProtCLIPModel, dict[str, Any]]:
         info["text_tokenizer"] = load_text_tokenizer(
             text_tokenizer_dir(model.cfg.text_model, model.cfg.text_tokenizer)
         )
+        info["data_cfg"] = source.data_cfg or _data_config_near(d)
         return model, info
 
 
-def _eval_model_config(cfg: ModelConfig) -> ModelConfig:
-    """Training-only switches off (activation checkpointing)."""
-    return replace(cfg, gradient_checkpointing=False)
+def _data_config_near(root: Path) -> DataConfig:
+    """The data section of a run config beside/above ``root``; else the defaults, with the text length capped by
+    an exported text tower's position table."""
+    found = find_run_config(root)
+    if found:
+        return data_config_from_file(found)
+    text_conf = root / "text" / "config.json"
+    if not text_conf.is_file():
+        return DataConfig()
+    default = DataConfig()
+    positions = int(json.loads(text_conf.read_text()).get("max_position_embeddings", default.max_text_length))
+    max_text = min(default.max_text_length, positions)
+    return DataConfig(max_text_length=max_text, max_subtext_length=min(default.max_subtext_length, max_text))
 
 
 def model_from_checkpoint(
@@ -499,7 +539,7 @@ def model_from_checkpoint(
     verify_checkpoint(root)
     state = json.loads((root / STATE_FILE).read_text()) if (root / STATE_FILE).is_file() else {}
     torch.manual_seed(0)
-    model = ProtCLIPModel(_eval_model_config(model_cfg))
+    model = ProtCLIPModel(model_cfg)
     sd = {"model": get_model_state_dict(model)}
     try:
         _dcp_read(root, sd)
@@ -532,7 +572,7 @@ def model_from_export(directory: str | Path, model_cfg: ModelConfig | None = Non
         found = find_run_config(root)
         model_cfg = model_config_from_file(found) if found else _infer_model_config(root, heads)
     cfg = replace(
-        _eval_model_config(model_cfg),
+        model_cfg,
         protein_model=str(root / "protein"),
         text_model=str(root / "text"),
         text_tokenizer=str(root / "text"),
@@ -554,8 +594,6 @@ def _infer_model_config(root: Path, heads: dict[str, torch.Tensor]) -> ModelConf
         protos = int(heads["prototypes.prototypes.weight"].shape[0])
     except KeyError as e:
         raise ValueError(f"export {root}: heads.safetensors lacks {e}; not a ProtCLIP export") from None
-    text_conf = json.loads((root / "text" / "config.json").read_text())
-    max_text = min(512, int(text_conf.get("max_position_embeddings", 512)))
     _log.warning(
         "export %s has no run config beside it: model.mode is assumed 'paper' (projection_dim %d, "
         "proto_num %d inferred); pass source.model_config for a 'released'-mode run",
@@ -568,8 +606,6 @@ def _infer_model_config(root: Path, heads: dict[str, torch.Tensor]) -> ModelConf
         text_model="random",
         projection_dim=proj,
         proto_num=protos,
-        max_text_length=max_text,
-        max_subtext_length=max_text,
     )
 
 

@@ -21,7 +21,7 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
 REDACTED = "***"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StorageConfig:
     """Object-storage access. Leave credentials empty to use the environment / instance role (recommended)."""
 

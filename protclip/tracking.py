@@ -56,7 +56,7 @@ _TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".txt", ".md", ".csv", ".tsv", ".log
 _STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrackingConfig:
     """Where and under which names runs are recorded."""
 

@@ -19,6 +19,7 @@ LAYERS = {
     "model": 2,
     "train": 3,
     "pretrained": 4,
+    "ray_session": 4,
     "eval": 5,
     "finetune": 5,
     "recipes": 6,

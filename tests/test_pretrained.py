@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from protclip.eval.config import ModelSourceConfig
-from protclip.finetune.config import BaseSection
+from protclip.finetune.config import BaseTowerConfig
 from protclip.model.config import tiny_model_config
 from protclip.model.protclip import build_model, export_towers
 from protclip.pretrained import (
@@ -125,7 +125,7 @@ def test_tower_from_logged_mlflow_artifact(pretrain_run, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = open_run(TrackingConfig(uri=uri), "pretrain")
     MlflowClient(uri).log_artifacts(run_id, str(run / "export" / "protein"), "export/protein")
-    res = resolve_base(BaseSection(source=f"mlflow:{run_id}"), str(tmp_path / "base"), tracking_uri=uri)
+    res = resolve_base(BaseTowerConfig(source=f"mlflow:{run_id}"), str(tmp_path / "base"), tracking_uri=uri)
     assert (res.kind, res.parent_run_id, res.info) == ("mlflow", run_id, {"artifact": "export/protein"})
     got = load_tower(res.tower).state_dict()
     for k, v in model.protein_tower.state_dict().items():
@@ -138,31 +138,31 @@ def test_missing_or_unusable_tower_sources_fail_clearly(pretrain_run, tmp_path):
     out = str(tmp_path / "base")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a known kind"):
-        resolve_base(BaseSection(source="nope:x"), out)
+        resolve_base(BaseTowerConfig(source="nope:x"), out)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_base(BaseSection(source=f"protclip:{tmp_path / 'missing'}"), out)
+        resolve_base(BaseTowerConfig(source=f"protclip:{tmp_path / 'missing'}"), out)
     with pytest.raises(ValueError, match="holds no exported tower"):
-        resolve_base(BaseSection(source=f"protclip:{tmp_path / 'empty'}"), out)
+        resolve_base(BaseTowerConfig(source=f"protclip:{tmp_path / 'empty'}"), out)
     with pytest.raises(ValueError, match="has no ESM config.json"):
-        resolve_base(BaseSection(source=f"tower:{tmp_path / 'empty'}"), out)
+        resolve_base(BaseTowerConfig(source=f"tower:{tmp_path / 'empty'}"), out)
 
     bare = tmp_path / "bare"  # a checkpoint with no pre-training config beside it and no MLflow run
     shutil.copytree(run / "checkpoint_000000005_a", bare / "checkpoint_000000005_a")
     tracking = _no_store(tmp_path)
     with pytest.raises(FileNotFoundError, match="set base.pretrain_config"):
-        resolve_base(BaseSection(source=f"protclip:{bare}"), out, tracking_uri=tracking)
+        resolve_base(BaseTowerConfig(source=f"protclip:{bare}"), out, tracking_uri=tracking)
     with pytest.raises(FileNotFoundError, match="no such file"):
-        resolve_base(BaseSection(source=f"protclip:{bare}", pretrain_config=str(tmp_path / "nope.yaml")), out,
+        resolve_base(BaseTowerConfig(source=f"protclip:{bare}", pretrain_config=str(tmp_path / "nope.yaml")), out,
                      tracking_uri=tracking)
     wrong = tmp_path / "wrong.yaml"
     small = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
     wrong.write_text(yaml.safe_dump({"model": {"protein_model": "random", "protein_random": small}}))
     with pytest.raises(ValueError, match="does not hold a protein tower matching"):
-        resolve_base(BaseSection(source=f"protclip:{bare}", pretrain_config=str(wrong)), out, tracking_uri=tracking)
+        resolve_base(BaseTowerConfig(source=f"protclip:{bare}", pretrain_config=str(wrong)), out, tracking_uri=tracking)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from protclip.tracking import TrackingConfig, open_run
 
     open_run(TrackingConfig(uri=uri), "exists")  # a store, without the asked-for run
     with pytest.raises(ValueError, match="cannot read the run"):
-        resolve_base(BaseSection(source="mlflow:0123456789abcdef"), out, tracking_uri=uri)
+        resolve_base(BaseTowerConfig(source="mlflow:0123456789abcdef"), out, tracking_uri=uri)

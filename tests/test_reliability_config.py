@@ -49,12 +49,14 @@ def _clean_failure(r, code: int, *needles: str) -> None:
         ("train:\n  num_workers: [2]\n", [], ["train.num_workers", "expected an integer"]),
         ("train:\n  num_workers: 0\n", [], ["train.num_workers must be >= 1"]),
         ("model:\n  attention: flash3\n", [], ["model.attention", "flash3"]),
+        ("model:\n  max_protein_length: 200\n", [],
+         ["unknown config key 'model.max_protein_length'", "did you mean data.max_protein_length?"]),
         ("data: [1, 2\n", [], ["not valid YAML"]),
         ("- just\n- a list\n", [], ["top level must be a mapping"]),
         (None, [], ["config file not found"]),
     ],
     ids=["unknown-yaml-key", "unknown-override", "wrong-type-override", "wrong-type-yaml", "invalid-value",
-         "bad-literal", "broken-yaml", "not-a-mapping", "missing-file"],
+         "bad-literal", "moved-key", "broken-yaml", "not-a-mapping", "missing-file"],
 )
 def test_pretrain_config_errors_are_one_clear_line(tmp_path, yaml_text, args, needles):
     cfg = tmp_path / "run.yaml"
@@ -71,9 +73,11 @@ def test_pretrain_config_errors_are_one_clear_line(tmp_path, yaml_text, args, ne
         ("build_protanno", ["--build.chunk_bytes", "lots"], ["build.chunk_bytes", "expected an integer"]),
         ("finetune_lora", ["--config", "jobs/configs/deeploc_lora.yaml", "--lora.rank", "8"],
          ["unknown config key 'lora.rank'"]),
+        ("finetune_lora", ["--config", "jobs/configs/deeploc_lora.yaml", "--train.gradient_checkpointing", "true"],
+         ["unknown config key 'train.gradient_checkpointing'", "did you mean train.activation_checkpointing?"]),
         ("evaluate", ["--config", "jobs/configs/evaluate.yaml", "--sorce.export", "x"], ["unknown config key 'sorce'"]),
     ],
-    ids=["build", "finetune", "evaluate"],
+    ids=["build", "finetune", "finetune-moved-key", "evaluate"],
 )
 def test_every_job_reports_config_errors_cleanly(job, args, needles):
     _clean_failure(_run(job, args), 2, *needles)

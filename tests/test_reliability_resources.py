@@ -45,7 +45,7 @@ def _cfg() -> DataConfig:
 
 
 def _collator(train: bool = True):
-    return make_collator(_cfg(), collate_config(tiny_model_config()), train=train)
+    return make_collator(_cfg(), collate_config(tiny_model_config(), data_cfg=_cfg()), train=train)
 
 
 def test_giant_rows_are_cropped_to_the_token_budget(rows):
@@ -99,7 +99,7 @@ def test_model_step_on_the_worst_case_micro_batch(rows):
     torch.manual_seed(0)
     model = build_model(mcfg, lcfg)
     model.train()
-    coll = make_collator(_cfg(), collate_config(mcfg, lcfg))
+    coll = make_collator(_cfg(), collate_config(mcfg, lcfg, data_cfg=_cfg()))
     coll.as_numpy = False
     mb = coll(rows[0:16:4], seed=7)
     assert mb["protein_input_ids"].shape == (MBS, MAXP) and bool(mb["protein_attention_mask"].all())

@@ -54,7 +54,7 @@ _ERROR_SCHEMA = pa.schema([("source", pa.string()), ("byte_offset", pa.int64()),
                            ("accession", pa.string()), ("reason", pa.string())])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildConfig:
     """What to build and where. ``inputs`` are files, folders or glob patterns on any supported storage."""
 

@@ -37,13 +37,13 @@ HEADERS = {
 _NEEDED = ("sequence", "text")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CollateConfig:
     """Everything collation reads: lengths, the text vocab's source, and the masking that feeds MLM and BSR.
 
-    The data layer's own view of the run config, so collation never depends on the model package; the model
-    section builds one with ``protclip.model.config.collate_config``. Defaults equal the model and loss sections'
-    (tested).
+    A derived view, never written in a run config: ``protclip.model.config.collate_config`` builds it from the
+    data section (lengths), the model section (mode, text vocab) and the loss section (masking), so collation
+    never depends on the model package. Defaults equal those sections' (tested).
     """
 
     # "paper" = random crop in training, exact MLM count, per-sequence BSR spans; "released" = the released
@@ -54,7 +54,7 @@ class CollateConfig:
     text_tokenizer: str = ""
     max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped
     max_text_length: int = 512  # full text tokens incl. [CLS]/[SEP] (truncated)
-    max_subtext_length: int = 512  # per property sub-text tokens (truncated)
+    max_subtext_length: int = 128  # per property sub-text tokens (truncated)
     mlm_probability: float = 0.15  # share of residues masked for MLM
     mlm_replace: Literal["mask", "bert"] = "mask"  # "bert" = 80% <mask> / 10% random aa / 10% kept
     span_min: int = 5  # BSR span length range (inclusive), paper mode

@@ -12,19 +12,24 @@ each Ray Data task asks for; keep it <= the CPUs left to Ray Data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from protclip.data.sampling import SamplingConfig
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig:
-    """ProtAnno source, property-driven sampling, shuffling, batching and the train/validation split."""
+    """ProtAnno source, property-driven sampling, shuffling, batching, sequence lengths and the train/validation
+    split.
+
+    The three ``max_*_length`` fields are the run's only length limits: the collator
+    (``protclip.model.config.collate_config``) and evaluation of the trained model read them from here.
+    """
 
     uri: str = ""  # ProtAnno Parquet folder/prefix or single file: local path, file://, s3://, gs://
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # keep rule, mode once/per_epoch, hash seed
     micro_batch_size: int = 8  # rows per collated micro-batch per worker (every micro-batch has exactly this)
-    max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped by the collator
+    max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped, never rejected
     max_text_length: int = 512  # full text tokens incl. [CLS]/[SEP] (truncated)
     max_subtext_length: int = 128  # per property sub-text tokens (truncated)
     # rows sorted by protein length inside a window before chunking into micro-batches (length bucketing);
@@ -82,6 +87,11 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be in [0, 2**63), got {getattr(self, name)}")
 
     @property
+    def max_residues(self) -> int:
+        """Residues kept per protein after cropping (the length budget minus <cls> and <eos>)."""
+        return self.max_protein_length - 2
+
+    @property
     def sampling_epochs(self) -> list[int]:
         """The sampling epoch of each training epoch (all 0 in "once"/"none" mode)."""
         return [e if self.sampling.mode == "per_epoch" else 0 for e in range(self.num_epochs)]
@@ -91,3 +101,9 @@ class DataConfig:
         """Rows handed to one collate call: the shuffle buffer, at least one bucket window, whole micro-batches."""
         rows = max(self.shuffle_buffer, self.bucket_window, self.micro_batch_size)
         return -(-rows // self.micro_batch_size) * self.micro_batch_size
+
+
+def tiny_data_config(**overrides: Any) -> DataConfig:
+    """Short length limits that go with ``protclip.model.config.tiny_model_config`` (tests, the CPU demo)."""
+    values: dict[str, Any] = {"max_protein_length": 130, "max_text_length": 128, "max_subtext_length": 64}
+    return DataConfig(**(values | overrides))

@@ -28,7 +28,6 @@ or give workers fractional CPUs; every task here asks for ``data.map_num_cpus`` 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -84,11 +83,16 @@ class PretrainData:
 # ---------------------------------------------------------------------------------------------- collator
 
 
+_LENGTHS = ("max_protein_length", "max_text_length", "max_subtext_length")
+
+
 def make_collator(data_cfg: DataConfig, collate_cfg_or_collator: Any, *, train: bool = True) -> Any:
-    """The collator the collate tasks call, with the data section's length limits applied.
+    """The collator the collate tasks call, seeded by the data section.
 
     Accepts a ``ProtCLIPCollator`` (copied), a ``CollateConfig``, or any callable
-    ``collator(rows, seed=...) -> dict of arrays`` (used as is).
+    ``collator(rows, seed=...) -> dict of arrays`` (used as is). A ProtCLIP collation config must carry the data
+    section's length limits (build it with ``collate_config(..., data_cfg=data_cfg)``): a mismatch is an error,
+    since the data section is the one place the lengths are set.
     """
     obj = collate_cfg_or_collator
     if isinstance(obj, CollateConfig):
@@ -99,12 +103,11 @@ def make_collator(data_cfg: DataConfig, collate_cfg_or_collator: Any, *, train: 
         raise TypeError(f"collate_cfg_or_collator: expected a ProtCLIPCollator, CollateConfig or a callable, "
                         f"got {type(obj).__name__}")
     if isinstance(obj, ProtCLIPCollator):
-        obj.cfg = dataclasses.replace(
-            obj.cfg,
-            max_protein_length=data_cfg.max_protein_length,
-            max_text_length=data_cfg.max_text_length,
-            max_subtext_length=data_cfg.max_subtext_length,
-        )
+        differ = [f"{k} {getattr(obj.cfg, k)} != data.{k} {getattr(data_cfg, k)}" for k in _LENGTHS
+                  if getattr(obj.cfg, k) != getattr(data_cfg, k)]
+        if differ:
+            raise ValueError(f"collator lengths differ from the data section ({'; '.join(differ)}); build the "
+                             "collation config with collate_config(..., data_cfg=<the data section>)")
         obj.as_numpy = True
         obj.train = train
         obj.seed = data_cfg.seed

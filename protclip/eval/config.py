@@ -47,7 +47,7 @@ def resolve_data_path(value: str) -> str:
     return os.path.abspath(os.path.expanduser(value))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalSuiteConfig:
     """One evaluation to run: a suite from ``protclip.eval.suites.SUITES`` with its config.
 
@@ -116,7 +116,7 @@ def _check_suites(suites: list[EvalSuiteConfig], where: str) -> None:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalScheduleConfig:
     """Periodic downstream evaluation during pre-training (``PretrainConfig.eval``).
 
@@ -156,7 +156,7 @@ class EvalScheduleConfig:
         return self.every_steps > 0 and bool(self.suites)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelSourceConfig:
     """What to evaluate: exactly one of ``checkpoint``, ``export``, ``mlflow_run_id``."""
 
@@ -165,8 +165,9 @@ class ModelSourceConfig:
     )
     export: str | None = None  # export dir: protein/ + text/ (save_pretrained) + heads.safetensors
     mlflow_run_id: str | None = None  # a pre-training run: its export, else its latest checkpoint (tags)
-    # YAML/JSON file with a `model` section describing the architecture; needed for a checkpoint without a
-    # run config beside it or an MLflow run to read it from (exports fall back to their own files)
+    # YAML/JSON run config: its `model` section describes the architecture, its `data` section the sequence
+    # lengths to embed with (defaults without one); needed for a checkpoint without a run config beside it or an
+    # MLflow run to read it from (exports fall back to their own files)
     model_config: str | None = None
     step: int | None = None  # training step to log against; default: the checkpoint's step (exports: 0)
 
@@ -180,7 +181,7 @@ class ModelSourceConfig:
             raise ValueError(f"source.step must be >= 0, got {self.step}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvaluateConfig:
     """Root of ``jobs/evaluate.py``: run suites on a checkpoint, export or MLflow run and log to MLflow."""
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from protclip.data.batching import length_batches
+from protclip.data.config import DataConfig
 from protclip.dist import resolve_device
 from protclip.eval.embedder import HFProteinEmbedder
 from protclip.model.protclip import ProtCLIPModel
@@ -58,9 +59,12 @@ class ProtCLIPEmbedder:
         device: str | torch.device = "auto",
         max_tokens_per_batch: int | None = 16384,
         text_tokenizer: Any = None,
+        data_cfg: DataConfig | None = None,
     ) -> None:
         """``text_tokenizer``: an already loaded BERT tokenizer (needed when the model was loaded from a temporary
-        copy that is gone by now); default: loaded on first use from the model config's text tokenizer source."""
+        copy that is gone by now); default: loaded on first use from the model config's text tokenizer source.
+        ``data_cfg``: the run's data section, whose protein and text lengths inputs are cropped to, as in
+        training (``protclip.pretrained.load_model`` finds it); default: the data section's defaults."""
         from protclip.data.tokenizers import ProteinTokenizer
 
         if protein_space not in SPACES:
@@ -69,10 +73,12 @@ class ProtCLIPEmbedder:
         self.model = model.to(self.device).eval()
         self.protein_space = protein_space
         self.max_tokens_per_batch = max_tokens_per_batch
+        lengths = data_cfg or DataConfig()
+        self.max_text_length = lengths.max_text_length
         self.tower = HFProteinEmbedder(
             _EsmWithMLMHead(model.protein_tower, model.mlm_head),
             ProteinTokenizer().to_hf(),
-            max_length=model.cfg.max_protein_length,
+            max_length=lengths.max_protein_length,
             device=self.device,
             max_tokens_per_batch=max_tokens_per_batch,
         )
@@ -122,7 +128,7 @@ class ProtCLIPEmbedder:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
         if bad:
             raise ValueError(f"embed_texts: texts {bad[:5]} are empty or not strings")
-        tok, max_len = self.text_tokenizer, self.model.cfg.max_text_length
+        tok, max_len = self.text_tokenizer, self.max_text_length
         out = np.empty((len(texts), self.model.cfg.projection_dim), dtype=np.float32)
         # ~4 characters per word piece is enough to group similar lengths; the budget is in sequences
         for batch in length_batches([min(len(t) // 4 + 2, max_len) for t in texts], batch_size):

@@ -178,7 +178,8 @@ def run_in_process(
     t0 = time.perf_counter()
     try:
         model, info = load_model(source)
-        embedder = ProtCLIPEmbedder(model, device=device, text_tokenizer=info.pop("text_tokenizer", None))
+        embedder = ProtCLIPEmbedder(model, device=device, text_tokenizer=info.pop("text_tokenizer", None),
+                                    data_cfg=info.pop("data_cfg", None))
     except Exception:
         err = traceback.format_exc()
         for entry in entries:

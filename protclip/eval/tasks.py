@@ -27,6 +27,7 @@ from typing import Any
 import ray
 
 from protclip import storage as st
+from protclip.data.config import DataConfig
 from protclip.eval.config import EvalScheduleConfig, EvalSuiteConfig
 from protclip.eval.runner import log_failure, run_in_process
 from protclip.model.config import ModelConfig
@@ -56,7 +57,9 @@ def suite_task(
 
 
 @dataclass
-class _Task:
+class SuiteTask:
+    """One launched suite: its Ray object ref, its config entry and the checkpoint step it scores."""
+
     ref: Any  # ray.ObjectRef
     entry: EvalSuiteConfig
     step: int
@@ -72,7 +75,7 @@ def launch_suites(
     num_gpus: float = 0.0,
     device: str = "auto",
     secrets: Iterable[str] = (),
-) -> list[_Task]:
+) -> list[SuiteTask]:
     """Start one task per suite (non-blocking); per-suite ``num_cpus``/``num_gpus`` override the defaults."""
     tasks = []
     for entry in entries:
@@ -81,11 +84,11 @@ def launch_suites(
         ref = suite_task.options(
             num_cpus=cpus, num_gpus=gpus, name=f"eval:{entry.name}@{source.step}"
         ).remote(source, [entry], run_id, tracking_uri, list(secrets), device, cpus)
-        tasks.append(_Task(ref, entry, source.step))
+        tasks.append(SuiteTask(ref, entry, source.step))
     return tasks
 
 
-def _collect(task: _Task, logger, secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
+def _collect(task: SuiteTask, logger, secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The result of a finished task; a task that died (worker crash, OOM kill, cancel) is reported from here."""
     try:
         return ray.get(task.ref)
@@ -106,7 +109,7 @@ def _collect(task: _Task, logger, secrets: Iterable[str] = ()) -> list[dict[str,
 
 
 def wait_suites(
-    tasks: list[_Task], logger, timeout_s: float | None = None, secrets: Iterable[str] = ()
+    tasks: list[SuiteTask], logger, timeout_s: float | None = None, secrets: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
     """Wait for ``tasks`` (``jobs/evaluate.py``); unfinished ones at the timeout are cancelled and reported."""
     refs = [t.ref for t in tasks]
@@ -128,7 +131,7 @@ def wait_suites(
 class _Round:
     step: int
     uri: str
-    tasks: list[_Task] = field(default_factory=list)
+    tasks: list[SuiteTask] = field(default_factory=list)
 
 
 class EvalScheduler:
@@ -149,6 +152,7 @@ class EvalScheduler:
         cfg: EvalScheduleConfig,
         *,
         model_cfg: ModelConfig,
+        data_cfg: DataConfig | None = None,
         run_id: str,
         tracking_uri: str | None,
         watch_uri: str | None = None,
@@ -162,6 +166,7 @@ class EvalScheduler:
         self.cfg = cfg
         self.entries = [e.resolved() for e in cfg.suites]
         self.model_cfg = model_cfg
+        self.data_cfg = data_cfg  # the run's sequence lengths, which the eval tasks embed with
         self.run_id, self.tracking_uri = run_id, tracking_uri
         self.watch_uri = watch_uri
         self.storage = (storage or st.StorageConfig()).resolved()
@@ -203,6 +208,7 @@ class EvalScheduler:
         return cls(
             ev,
             model_cfg=cfg.model,
+            data_cfg=cfg.data,
             run_id=run_id,
             tracking_uri=tracking_uri,
             watch_uri=st.join(cfg.storage.storage_path, cfg.storage.name),
@@ -341,7 +347,7 @@ class EvalScheduler:
 
     def _launch(self, step: int, uri: str) -> None:
         source = ModelSource(
-            "checkpoint", uri, self.model_cfg, step, self.run_id, self.storage, self.tracking_uri
+            "checkpoint", uri, self.model_cfg, step, self.run_id, self.storage, self.tracking_uri, self.data_cfg
         )
         tasks = launch_suites(
             source,

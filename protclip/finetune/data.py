@@ -28,7 +28,7 @@ from protclip.data.formats import FormatError, LabeledSequences, clean_sequence,
 from protclip.data.masking import IGNORE_INDEX
 from protclip.data.splits import split_by_hash, subsample_by_hash
 from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_PAD, ProteinTokenizer
-from protclip.finetune.config import DataSection, TaskSection
+from protclip.finetune.config import FinetuneDataConfig, TaskConfig
 from protclip.storage import StorageConfig, filesystem, is_remote
 
 _log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def local_path(uri: str, storage: StorageConfig | None = None) -> Iterator[Path]
         yield dst
 
 
-def load_task_data(data: DataSection, task: TaskSection, storage: StorageConfig | None = None) -> TaskData:
+def load_task_data(data: FinetuneDataConfig, task: TaskConfig, storage: StorageConfig | None = None) -> TaskData:
     """Read ``data.path``, encode labels, subsample and split; raises naming file/record/field on bad input."""
     if not data.path:
         raise ValueError("data.path is empty: point it at the task's FASTA/CSV/Parquet/ProtAnno file")
@@ -126,7 +126,7 @@ def load_task_data(data: DataSection, task: TaskSection, storage: StorageConfig 
     return out
 
 
-def _assign_splits(ids: list[str], splits: list[str] | None, data: DataSection, source: str) -> np.ndarray:
+def _assign_splits(ids: list[str], splits: list[str] | None, data: FinetuneDataConfig, source: str) -> np.ndarray:
     if splits is not None:
         out = np.empty(len(ids), dtype=np.int8)
         for i, s in enumerate(splits):
@@ -143,7 +143,7 @@ def _assign_splits(ids: list[str], splits: list[str] | None, data: DataSection, 
     return out
 
 
-def encode_targets(raw: list[Any], task: TaskSection, source: str) -> tuple[list[str], list[Any]]:
+def encode_targets(raw: list[Any], task: TaskConfig, source: str) -> tuple[list[str], list[Any]]:
     """Label names (output order) and encoded targets; labels outside ``task.labels`` are an error."""
     if task.type == "regression":
         return list(task.labels or ["value"]), [float(v) for v in raw]
@@ -165,7 +165,7 @@ def encode_targets(raw: list[Any], task: TaskSection, source: str) -> tuple[list
     return names, [[index[str(x)] for x in v] for v in raw]
 
 
-def _per_residue_rows(data: DataSection, storage: StorageConfig | None) -> tuple[list[dict[str, Any]], str]:
+def _per_residue_rows(data: FinetuneDataConfig, storage: StorageConfig | None) -> tuple[list[dict[str, Any]], str]:
     """Rows with the needed columns: ProtAnno (schema-checked shards, read in place, s3 too) or any parquet."""
     import pyarrow as pa
 
@@ -187,7 +187,7 @@ def _per_residue_rows(data: DataSection, storage: StorageConfig | None) -> tuple
         return dataset.to_table(columns=cols).to_pylist(), data.sequence_column
 
 
-def _read_per_residue(data: DataSection, storage: StorageConfig | None) -> tuple[list, list, list, dict, list]:
+def _read_per_residue(data: FinetuneDataConfig, storage: StorageConfig | None) -> tuple[list, list, list, dict, list]:
     """ProtAnno rows -> per-residue 0/1 labels from ``features``; or a parquet with a per-residue label list."""
     rows, seq_col = _per_residue_rows(data, storage)
     path = data.path

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protclip.finetune.config import LoraSection
+from protclip.finetune.config import LoraAdapterConfig
 
 _log = logging.getLogger(__name__)
 
@@ -130,14 +130,14 @@ def build_task_model(tower: str, spec: TaskSpec, *, head_dropout: float = 0.1, r
     return model
 
 
-def lora_target_regex(lora: LoraSection) -> str:
+def lora_target_regex(lora: LoraAdapterConfig) -> str:
     """A ``re.fullmatch`` pattern for peft: the given leaf names inside (selected) encoder layers only."""
     names = "|".join(re.escape(n) for n in lora.target_modules)
     layers = r"\d+" if lora.layers is None else "|".join(str(i) for i in sorted(set(lora.layers)))
     return rf".*encoder\.layer\.(?:{layers})\.(?:.*\.)?(?:{names})"
 
 
-def attach_lora(model: nn.Module, lora: LoraSection, spec: TaskSpec):
+def attach_lora(model: nn.Module, lora: LoraAdapterConfig, spec: TaskSpec):
     """Wrap ``model`` in a ``PeftModel``: LoRA on the targets, the head in ``modules_to_save``, the rest frozen."""
     from peft import LoraConfig, get_peft_model
 

@@ -21,6 +21,8 @@ _log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedJob:
+    """What the driver decided once for all workers, plus the resolved base (for the MLflow tags)."""
+
     job: JobInputs
     data: TaskData
     base: ResolvedBase

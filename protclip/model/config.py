@@ -11,10 +11,11 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from protclip.data.collate import CollateConfig
+from protclip.data.config import DataConfig
 from protclip.data.masking import DEFAULT_SPAN_FEATURE_TYPES
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RandomTowerConfig:
     """Geometry of a randomly initialised tower, used when the tower source is ``"random"``."""
 
@@ -38,9 +39,13 @@ class RandomTowerConfig:
             )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
-    """The dual-tower model: sources of the towers, attention backend, heads and temperatures."""
+    """The dual-tower model: sources of the towers, attention backend, heads and temperatures.
+
+    Sequence-length limits are not here: they live in the data section (``DataConfig.max_*_length``) and reach
+    the collator through :func:`collate_config`; activation checkpointing is ``train.activation_checkpointing``.
+    """
 
     # "paper" = sound version (masked means, BSR with gradient, symmetric PDA, per-sequence spans, random crop);
     # "released" = reproduce the released code's numbers-changing defects (method.md §4.7).
@@ -63,12 +68,8 @@ class ModelConfig:
     temperature_init: float = 0.07  # GC temperature at init (logit_scale = ln(1/0.07))
     max_logit_scale: float = 100.0  # GC and PDA scales are clamped to this (exp of the clamped log value)
     local_temperature_init: float = 0.1  # PDA temperature at init
-    max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped, never rejected
-    max_text_length: int = 512  # full text tokens incl. [CLS]/[SEP] (truncated)
-    max_subtext_length: int = 512  # per property sub-text tokens (truncated)
     freeze_text: bool = True  # text tower frozen (eval mode, no grad) as in the paper
     decoder_residual: bool = False  # add the protein query back after BSR cross-attention (off = method spec)
-    gradient_checkpointing: bool = False  # activation checkpointing inside the protein tower
 
     def __post_init__(self) -> None:
         if self.mode not in ("paper", "released"):
@@ -91,21 +92,9 @@ class ModelConfig:
                 f"model.max_logit_scale {self.max_logit_scale} must exceed 1/temperature_init and "
                 f"1/local_temperature_init"
             )
-        if self.max_protein_length < 3:
-            raise ValueError(
-                f"model.max_protein_length must be >= 3 (cls, a residue, eos), got {self.max_protein_length}"
-            )
-        for name in ("max_text_length", "max_subtext_length"):
-            if getattr(self, name) < 3:
-                raise ValueError(f"model.{name} must be >= 3, got {getattr(self, name)}")
-
-    @property
-    def max_residues(self) -> int:
-        """Residues kept per protein after cropping (the length budget minus <cls> and <eos>)."""
-        return self.max_protein_length - 2
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossConfig:
     """Which objectives run, their weights, and the masking that feeds them.
 
@@ -153,16 +142,19 @@ class LossConfig:
             raise ValueError(f"loss.released_span_range must be >= 1, got {self.released_span_range}")
 
 
-def collate_config(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> CollateConfig:
-    """The collation view of the model and loss sections (lengths, text vocab source, masking)."""
+def collate_config(
+    model_cfg: ModelConfig, loss_cfg: LossConfig | None = None, *, data_cfg: DataConfig
+) -> CollateConfig:
+    """The collation view of the run config: lengths from the data section, text vocab source and mode from the
+    model section, masking from the loss section."""
     lc = loss_cfg or LossConfig()
     return CollateConfig(
         mode=model_cfg.mode,
         text_model=model_cfg.text_model,
         text_tokenizer=model_cfg.text_tokenizer,
-        max_protein_length=model_cfg.max_protein_length,
-        max_text_length=model_cfg.max_text_length,
-        max_subtext_length=model_cfg.max_subtext_length,
+        max_protein_length=data_cfg.max_protein_length,
+        max_text_length=data_cfg.max_text_length,
+        max_subtext_length=data_cfg.max_subtext_length,
         mlm_probability=lc.mlm_probability,
         mlm_replace=lc.mlm_replace,
         span_min=lc.span_min,
@@ -175,7 +167,8 @@ def collate_config(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None) -
 
 
 def tiny_model_config(mode: str = "paper", attention: str = "sdpa", **overrides) -> ModelConfig:
-    """A seconds-fast random-init model for tests and the CPU demo (ESM 64x2x4, BERT 64x2, tiny vocab)."""
+    """A seconds-fast random-init model for tests and the CPU demo (ESM 64x2x4, BERT 64x2, tiny vocab); its
+    length limits are ``protclip.data.config.tiny_data_config``."""
     cfg = dict(
         mode=mode,
         protein_model="random",
@@ -186,9 +179,6 @@ def tiny_model_config(mode: str = "paper", attention: str = "sdpa", **overrides)
         attention=attention,
         projection_dim=32,
         proto_num=16,
-        max_protein_length=130,
-        max_text_length=128,
-        max_subtext_length=64,
     )  # fmt: skip
     cfg.update(overrides)
     return ModelConfig(**cfg)

@@ -74,8 +74,6 @@ def build_protein_tower(cfg: ModelConfig, attn_implementation: str | None = None
             f"protein tower {cfg.protein_model!r} has vocab {model.config.vocab_size}, expected ESM-2's {len(ESM_VOCAB)}"
         )
     model.contact_head.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

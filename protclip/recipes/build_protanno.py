@@ -18,7 +18,7 @@ _log = logging.getLogger("protclip.build")
 __all__ = ["RayConfig", "BuildJobConfig", "main", "console_main"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RayConfig:
     """How to reach Ray: ``address`` (or $RAY_ADDRESS) joins a cluster; otherwise a local loopback instance."""
 
@@ -26,7 +26,7 @@ class RayConfig:
     num_cpus: int | None = None  # local instance only; default max(4, cores) so Ray Data never starves
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildJobConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)

@@ -25,7 +25,7 @@ from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets
 
 _log = logging.getLogger("finetune_lora")
 
-__all__ = ["run_finetune", "main"]
+__all__ = ["run_finetune", "finetune_worker", "main"]
 
 
 def _has_previous_run(run_uri: str, cfg: FinetuneConfig) -> bool:
@@ -41,7 +41,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from protclip.finetune.prepare import prepare, run_dir
-    from protclip.finetune.trainer import worker_entry
 
     if cfg.run.resume == "never" and _has_previous_run(run_dir(cfg), cfg):
         raise RuntimeError(f"{run_dir(cfg)} already holds checkpoints and run.resume is 'never': pick another "
@@ -65,7 +64,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     storage_path, storage_fs = ray_storage(cfg.run.storage_path, cfg.storage)
     resources = {"CPU": cfg.train.cpus_per_worker} | ({"GPU": 1} if cfg.train.use_gpu else {})
     trainer = TorchTrainer(
-        worker_entry,
+        finetune_worker,
         train_loop_config={"cfg": to_dict(cfg), "job": job, "data": ray.put(prepared.data)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker=resources),
@@ -85,6 +84,22 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     metrics["run_id"] = run_id
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint is not None else None
     return metrics
+
+
+def finetune_worker(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: rebuild the config, fetch the prepared data, run the Ray-free loop
+    (:func:`protclip.finetune.loop.run_worker`) on this worker's :class:`~protclip.ray_session.RaySession`."""
+    import ray
+
+    from protclip.config import from_dict
+    from protclip.finetune.loop import run_worker
+    from protclip.ray_session import RaySession
+
+    cfg = from_dict(FinetuneConfig, config["cfg"])
+    data = ray.get(config["data"]) if isinstance(config["data"], ray.ObjectRef) else config["data"]
+    session = RaySession(cfg.train.use_gpu, resume_from=cfg.run.resume_from,
+                         cpu_threads=cfg.train.threads_per_worker)
+    run_worker(cfg, config["job"], data, session)
 
 
 def main(argv: list[str]) -> int:

@@ -23,12 +23,12 @@ from protclip.train.config import TrainRunConfig
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["PretrainConfig", "PretrainResult", "preflight", "run_pretrain", "main"]
+__all__ = ["PretrainConfig", "PretrainResult", "preflight", "run_pretrain", "pretrain_worker", "main"]
 
 SCORE_ATTRIBUTE = "val/loss"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PretrainConfig(TrainRunConfig):
     """Root of ``jobs/pretrain.py``'s config: the training run plus its periodic downstream evals.
 
@@ -73,13 +73,13 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
     from protclip.train.faults import fault_env
     from protclip.train.loop import LoopConfig, total_steps_for
-    from protclip.train.trainer import peek_latest_state, run_uri, worker_entry
+    from protclip.train.run_folder import peek_latest_state, run_uri
 
     tc, access = cfg.train, cfg.storage.access()
     preflight(cfg)
     previous = peek_latest_state(cfg)
     start_epoch = _start_epoch(cfg, previous)
-    data = build_pretrain_datasets(cfg.data, collate_config(cfg.model, cfg.loss), access,
+    data = build_pretrain_datasets(cfg.data, collate_config(cfg.model, cfg.loss, data_cfg=cfg.data), access,
                                    world_size=tc.num_workers, start_epoch=start_epoch)
     total = total_steps_for(cfg, data.steps_per_epoch)
     if previous and previous.get("extra", {}).get("total_steps") not in (None, total):
@@ -107,7 +107,7 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     storage_path, storage_fs = ray_storage(cfg.storage.storage_path, access)
     datasets = {"train": data.train} | ({"val": val_ds} if has_val else {})
     trainer = TorchTrainer(
-        worker_entry,
+        pretrain_worker,
         train_loop_config={"cfg": cfg, "loop": loop, "has_val": has_val},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo", timeout_s=tc.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
@@ -147,6 +147,18 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     ckpt = result.checkpoint
     return PretrainResult(run_id=run_id, run_uri=uri, checkpoint_path=ckpt.path if ckpt else None,
                           export_uri=export_uri, metrics=dict(result.metrics or {}))
+
+
+def pretrain_worker(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: the Ray-free loop (:func:`protclip.train.loop.train_worker`) on this worker's
+    :class:`~protclip.ray_session.RaySession`."""
+    from protclip.ray_session import RaySession
+    from protclip.train.loop import train_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg: PretrainConfig = config["cfg"]
+    session = RaySession(cfg.train.use_gpu, has_val=config["has_val"], cpu_threads=int(cfg.train.cpus_per_worker))
+    train_worker(cfg, session, config["loop"])
 
 
 def main(argv: list[str]) -> int:

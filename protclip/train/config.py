@@ -8,7 +8,6 @@ where checkpoints live: Ray Train keeps them under ``<storage_path>/<name>/``, a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,12 +16,10 @@ from protclip.model.config import LossConfig, ModelConfig
 from protclip.storage import StorageConfig
 from protclip.tracking import TrackingConfig
 
-_log = logging.getLogger(__name__)
-
 __all__ = ["TrainConfig", "RunStorageConfig", "TrainRunConfig"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Workers, optimisation, schedule, checkpoint/validation cadence and fault tolerance."""
 
@@ -49,7 +46,7 @@ class TrainConfig:
     val_max_batches: int | None = None  # cap on validation micro-batches per rank (None = the whole split)
     log_every: int = 1  # steps between metric logs
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
-    activation_checkpointing: bool = False  # recompute transformer layers in backward
+    activation_checkpointing: bool = False  # recompute each transformer layer in backward (memory for ~30% compute)
     nan_guard: bool = True  # skip (and count) steps whose loss or grad norm is NaN/inf
     max_consecutive_skips: int = 20  # abort when this many steps in a row are skipped (diverged run)
     max_failures: int = 0  # worker-group restarts from the latest checkpoint before the job fails
@@ -95,7 +92,7 @@ class TrainConfig:
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunStorageConfig(StorageConfig):
     """Object-storage access (credentials: prefer the environment) plus where this run keeps its checkpoints."""
 
@@ -115,7 +112,7 @@ class RunStorageConfig(StorageConfig):
                              anonymous=self.anonymous)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainRunConfig:
     """What one pre-training run needs: the root of the job's config, minus its eval schedule."""
 
@@ -129,13 +126,6 @@ class TrainRunConfig:
     def __post_init__(self) -> None:
         if not self.data.uri:
             raise ValueError("data.uri must point at a ProtAnno Parquet folder or file")
-        # the collator crops to the data section's limits (protclip.data.pipeline.make_collator); mirror them
-        # into the model section so logged params and exports state the lengths actually trained on
-        for name in ("max_protein_length", "max_text_length", "max_subtext_length"):
-            if getattr(self.data, name) != getattr(self.model, name):
-                _log.info("model.%s %s -> %s (data.%s applies)", name, getattr(self.model, name),
-                          getattr(self.data, name), name)
-                setattr(self.model, name, getattr(self.data, name))
 
     @property
     def global_batch_size(self) -> int:

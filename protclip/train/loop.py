@@ -1,7 +1,7 @@
 """The per-worker pre-training loop (torchtune's setup / train / save / cleanup split, as functions).
 
 No Ray import: everything the loop needs from the outside (rank, device, data shards, the latest checkpoint,
-reporting a checkpoint) comes through the small :class:`Session` protocol. ``protclip.train.trainer`` implements
+reporting a checkpoint) comes through the small :class:`Session` protocol. ``protclip.ray_session`` implements
 it with Ray Train; tests can implement it with a plain gloo process group.
 
 Every collective is called by every rank in the same order: data exhaustion, the NaN guard and validation
@@ -58,7 +58,7 @@ class Session(Protocol):
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str | None) -> None: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoopConfig:
     """Run facts the driver knows and the workers need besides the config."""
 

@@ -7,6 +7,7 @@ import pytest
 
 from protclip.data import masking
 from protclip.data.collate import ProtCLIPCollator
+from protclip.data.config import tiny_data_config
 from protclip.data.tokenizers import (
     ESM_CLS,
     ESM_EOS,
@@ -50,7 +51,7 @@ def test_mlm_positions_exact_count(n):
 
 def test_collated_mlm_exact_share_never_special_or_padding():
     cfg = tiny_model_config()
-    col = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=3)
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig(), data_cfg=tiny_data_config()), seed=3)
     rows = row_batch(8) + synthetic_rows([1, 3, 9])
     b = col(rows, seed=11)
     ids, am = b["protein_input_ids"].numpy(), b["protein_attention_mask"].numpy()
@@ -80,7 +81,8 @@ def test_mlm_bert_replacement_80_10_10():
 
 def test_released_mlm_is_bernoulli():
     cfg = tiny_model_config(mode="released")
-    b = ProtCLIPCollator(collate_config(cfg, LossConfig()))(synthetic_rows([128] * 16), seed=0)
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig(), data_cfg=tiny_data_config()))
+    b = col(synthetic_rows([128] * 16), seed=0)
     counts = (b["mlm_labels"] != -100).sum(1).numpy()
     assert len(set(counts.tolist())) > 1  # not a fixed count per sequence
     assert abs(counts.mean() / 128 - 0.15) < 0.04
@@ -104,7 +106,7 @@ def test_paper_spans_contiguous_5_to_10_covering_15_percent(n):
 def test_collated_spans_per_sequence_never_special_or_padding():
     cfg = tiny_model_config()
     rows = row_batch(8) + synthetic_rows([2, 7, 20])
-    b = ProtCLIPCollator(collate_config(cfg, LossConfig()), seed=1)(rows, seed=5)
+    b = ProtCLIPCollator(collate_config(cfg, LossConfig(), data_cfg=tiny_data_config()), seed=1)(rows, seed=5)
     ids, am = b["protein_input_ids"].numpy(), b["protein_attention_mask"].numpy()
     sids, lab = b["span_input_ids"].numpy(), b["span_labels"].numpy()
     for i in range(len(rows)):
@@ -150,17 +152,17 @@ def test_feature_spans_shift_with_the_crop_window():
 
 
 def test_collator_uses_row_features_for_spans():
-    cfg = tiny_model_config(max_protein_length=102)
+    cfg, data = tiny_model_config(), tiny_data_config(max_protein_length=102)
     lc = LossConfig(span_source="features", span_feature_types=["DOMAIN"])
     row = synthetic_rows([100])[0] | {"features": [{"type": "DOMAIN", "start": 41, "end": 47, "note": "x"}]}
-    b = ProtCLIPCollator(collate_config(cfg, lc))([row], seed=0)
+    b = ProtCLIPCollator(collate_config(cfg, lc, data_cfg=data))([row], seed=0)
     chosen = np.flatnonzero(b["span_labels"][0].numpy() != -100)
     assert (41, 48) in runs(chosen)  # residues 41..47 are tokens 41..47 (token 0 is <cls>)
 
 
 def test_released_spans_tied_to_batch_padding():
-    cfg = tiny_model_config(mode="released", max_protein_length=1024)
-    col = ProtCLIPCollator(collate_config(cfg, LossConfig()))
+    cfg, data = tiny_model_config(mode="released"), tiny_data_config(max_protein_length=1024)
+    col = ProtCLIPCollator(collate_config(cfg, LossConfig(), data_cfg=data))
     shares = []
     for seed in range(10):
         b = col(synthetic_rows([10, 1000], seed=seed), seed=seed)
@@ -188,13 +190,13 @@ def test_random_crop_in_paper_training_prefix_in_released_and_eval():
     tok = ProteinTokenizer()
     starts = set()
     for mode, train in [("paper", True), ("released", True), ("paper", False)]:
-        cfg = tiny_model_config(mode=mode)
-        col = ProtCLIPCollator(collate_config(cfg, LossConfig()), train=train)
+        cfg, data = tiny_model_config(mode=mode), tiny_data_config()
+        col = ProtCLIPCollator(collate_config(cfg, LossConfig(), data_cfg=data), train=train)
         for seed in range(8):
             ids = col([row], seed=seed)["protein_input_ids"][0].numpy()
-            assert len(ids) == cfg.max_protein_length and ids[0] == ESM_CLS and ids[-1] == ESM_EOS
+            assert len(ids) == data.max_protein_length and ids[0] == ESM_CLS and ids[-1] == ESM_EOS
             kept = tok.decode(ids)
-            assert len(kept) == cfg.max_residues
+            assert len(kept) == data.max_residues
             start = seq.find(kept)
             assert start >= 0 and seq[start : start + len(kept)] == kept
             if mode == "paper" and train:

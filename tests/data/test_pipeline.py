@@ -112,8 +112,8 @@ def test_validation_split_disjoint_stable_and_capped(ray_local, table, local_uri
     cand = table.filter(pa.array((u < 0.3) & keep0))
     assert val == set(cand["accession"].to_pylist())  # a hash of the accession, not row order
     # another shuffle seed leaves the held-out set alone; the cap keeps the smallest hashes
-    data = build_pretrain_datasets(_cfg(local_uri, val_fraction=0.3, val_max_rows=3, seed=5), collate_config(tiny_model_config()),
-                                   world_size=1)
+    capped_cfg = _cfg(local_uri, val_fraction=0.3, val_max_rows=3, seed=5)
+    data = build_pretrain_datasets(capped_cfg, collate_config(tiny_model_config(), data_cfg=capped_cfg), world_size=1)
     capped = set(_rows_by_epoch(sampled_rows(cfg, split="val", epochs=[0],
                                              val_threshold=data.manifest["val_threshold"]))[0])
     cu = val_uniform(cand["accession"], 0)
@@ -125,7 +125,7 @@ def test_validation_split_disjoint_stable_and_capped(ray_local, table, local_uri
 def det(ray_local, local_uri):
     """A deterministic-split build for 2 workers, and its train stream materialised once."""
     cfg = _cfg(local_uri, split="deterministic")
-    data = build_pretrain_datasets(cfg, collate_config(tiny_model_config()), world_size=2)
+    data = build_pretrain_datasets(cfg, collate_config(tiny_model_config(), data_cfg=cfg), world_size=2)
     return cfg, data, data.train.materialize()
 
 
@@ -157,8 +157,8 @@ def test_micro_batches_mix_and_bucketing(ray_local, table, local_uri, det):
         assert int(m["n_real_tokens"]) + int(m["n_padded_tokens"]) == b * lp
     assert len({m["protein_input_ids"].shape[1] for m in mbs}) > 1  # variable shapes between rows
     share = padding_share(sum(int(m["n_real_tokens"]) for m in mbs), sum(int(m["n_padded_tokens"]) for m in mbs))
-    flat_data = build_pretrain_datasets(_cfg(local_uri, split="deterministic", bucket_window=0), collate_config(tiny_model_config()),
-                                        world_size=1)
+    flat_cfg = _cfg(local_uri, split="deterministic", bucket_window=0)
+    flat_data = build_pretrain_datasets(flat_cfg, collate_config(tiny_model_config(), data_cfg=flat_cfg), world_size=1)
     fl = list(iter_micro_batches(flat_data.train))
     share_flat = padding_share(sum(int(m["n_real_tokens"]) for m in fl), sum(int(m["n_padded_tokens"]) for m in fl))
     assert share < share_flat
@@ -194,7 +194,7 @@ def test_s3_source_matches_local(ray_local, table, s3_server, s3_bucket):
     fs, base = filesystem(uri, storage)
     _write(table, fs, base)
     cfg = _cfg(uri, read_parallelism=3)
-    data = build_pretrain_datasets(cfg, collate_config(tiny_model_config()), storage, world_size=1)
+    data = build_pretrain_datasets(cfg, collate_config(tiny_model_config(), data_cfg=cfg), storage, world_size=1)
     for e in (0, 1):  # the metadata pass read every row group from S3
         assert sum(data.mix[e].values()) == len(_pure_train(table, cfg, e))
     assert data.manifest["files"][0]["path"] == f"s3://{s3_bucket}/protanno/part-0.parquet"
@@ -208,8 +208,10 @@ def test_bad_parquet_gives_one_clear_error(table, tmp_path):
     _write(table, fs, base)
     (tmp_path / "part-9.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(ProtAnnoFileError, match=r"1 of 4 .*part-9\.parquet: not a readable Parquet file"):
-        build_pretrain_datasets(_cfg(str(tmp_path)), collate_config(tiny_model_config()), world_size=1)
+        build_pretrain_datasets(_cfg(str(tmp_path)), collate_config(tiny_model_config(), data_cfg=_cfg(str(tmp_path))),
+                                world_size=1)
     (tmp_path / "part-9.parquet").unlink()
     pq.write_table(table.drop_columns(["text"]), tmp_path / "part-8.parquet")
     with pytest.raises(ProtAnnoFileError, match=r"part-8\.parquet: not a ProtAnno v1 table: missing columns \['text'\]"):
-        build_pretrain_datasets(_cfg(str(tmp_path)), collate_config(tiny_model_config()), world_size=1)
+        build_pretrain_datasets(_cfg(str(tmp_path)), collate_config(tiny_model_config(), data_cfg=_cfg(str(tmp_path))),
+                                world_size=1)

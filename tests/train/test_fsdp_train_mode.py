@@ -132,13 +132,13 @@ def tower(tmp_path_factory) -> str:
 
 
 def _lora_model(tower: str, task_type: str):
-    from protclip.finetune.config import LoraSection
+    from protclip.finetune.config import LoraAdapterConfig
     from protclip.finetune.model import TaskSpec, attach_lora, build_task_model
 
     labels = ["0", "1"] if task_type == "per_residue" else ["a", "b", "c"]
     spec = TaskSpec(type=task_type, labels=labels, max_length=40, base=tower)
     torch.manual_seed(0)  # head and LoRA init
-    model = attach_lora(build_task_model(tower, spec, head_dropout=0.1), LoraSection(r=4, dropout=0.1), spec)
+    model = attach_lora(build_task_model(tower, spec, head_dropout=0.1), LoraAdapterConfig(r=4, dropout=0.1), spec)
     return model.train()
 
 

@@ -120,7 +120,7 @@ def test_ray_worker_resume_path_skips_the_damaged_latest(run_dir, monkeypatch):
     incomplete and hands over the newest complete one; with none complete it raises instead of loading junk."""
     import ray.train
 
-    from protclip.train.trainer import RaySession
+    from protclip.ray_session import RaySession
 
     run, _ = run_dir
     _damage(run / "checkpoint_000000004_a", "shard_truncated")
@@ -139,7 +139,7 @@ def test_driver_peek_ignores_a_half_uploaded_checkpoint(run_dir):
     """The restarted driver reads the resume state (epoch, step) from the newest *complete* checkpoint."""
     from protclip.config import load_config
     from protclip.recipes.pretrain import PretrainConfig
-    from protclip.train.trainer import peek_latest_state
+    from protclip.train.run_folder import peek_latest_state
 
     run, _ = run_dir
     cfg = load_config(PretrainConfig, None, {"data.uri": "unused", "storage.storage_path": str(run.parent),

@@ -71,7 +71,7 @@ def env(tmp_path_factory, uniprot_dat, s3_server, ray_local):
 
     from protclip.data.schema import record_to_row, rows_to_table
     from protclip.data.uniprot import parse_file
-    from tests.test_reliability_input import LONG_LEN, make_fuzz
+    from tests.helpers.fuzz import LONG_LEN, make_fuzz
 
     tmp = tmp_path_factory.mktemp("faults")
     (tmp / "fuzz.dat").write_bytes(make_fuzz(uniprot_dat.read_bytes()).data)

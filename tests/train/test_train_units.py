@@ -184,5 +184,7 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="accum_steps"):
         load_config(PretrainConfig, None, ["--data.uri", "x", "--train.accum_steps", "0"])
     cfg = load_config(PretrainConfig, None, ["--data.uri", "x", "--data.max_protein_length", "200"])
-    assert cfg.model.max_protein_length == 200  # the data section's crop applies to the model too
+    from protclip.model.config import collate_config
+
+    assert collate_config(cfg.model, cfg.loss, data_cfg=cfg.data).max_protein_length == 200  # the data crop applies
     assert cfg.global_batch_size == cfg.data.micro_batch_size * cfg.train.accum_steps * cfg.train.num_workers

@@ -1,4 +1,5 @@
-"""Pieces shared by the suites: the result type, config base classes, data loading and splitting."""
+"""Pieces shared by the suites: the result type, the config base class and field groups, data loading and
+splitting."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ class SuiteConfig:
 
 
 @dataclass(kw_only=True)
-class LabeledDataConfig(SuiteConfig):
-    """A file of sequences with labels (formats in :mod:`protclip.data.formats`)."""
+class LabeledDataFields:
+    """Field group (no behaviour) of suites that read a file of sequences with labels (formats in
+    :mod:`protclip.data.formats`); a suite config lists it beside :class:`SuiteConfig` and calls
+    :func:`check_labeled_data`, so every suite config is one level deep."""
 
     path: str = ""  # data file (FASTA / CSV / TSV / Parquet)
     format: str = "auto"  # one of DATA_FORMATS; "auto" decides by extension (.fasta -> plain labelled FASTA)
@@ -69,24 +72,11 @@ class LabeledDataConfig(SuiteConfig):
     go_obo: str | None = None  # multi-label GO terms: propagate labels to ancestors with this ontology
     on_error: str = "raise"  # malformed records: "raise" or "skip" (skipped ones are reported in info)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(bool(self.path), "path must be set")
-        require(self.format in DATA_FORMATS, f"format must be one of {DATA_FORMATS}, got {self.format!r}")
-        require(
-            self.task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}"
-        )
-        require(self.deeploc_label in ("location", "membrane"), f"bad deeploc_label {self.deeploc_label!r}")
-        require(
-            self.on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {self.on_error!r}"
-        )
-        require(self.go_obo is None or self.task_type == "multi_label", "go_obo needs task_type multi_label")
-        require(bool(self.label_sep), "label_sep must not be empty")
-
 
 @dataclass(kw_only=True)
-class SplitDataConfig(LabeledDataConfig):
-    """Labelled data plus how to split it into train and test."""
+class SplitFields:
+    """Field group (no behaviour) of suites that split labelled data into train and test; checked by
+    :func:`check_split`."""
 
     split: str = "hash"  # "hash": split_by_hash on ids; "column": the file's split names; "files": test_path
     test_fraction: float = 0.2  # split="hash": share of ids in the test bucket
@@ -97,15 +87,27 @@ class SplitDataConfig(LabeledDataConfig):
     test_split: str = "test"  # split="column": name of the test split
     test_path: str | None = None  # split="files": separate test file, same format and columns
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.split in SPLIT_MODES, f"split must be one of {SPLIT_MODES}, got {self.split!r}")
-        require(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        require(self.split != "files" or bool(self.test_path), "split='files' needs test_path")
-        require(
-            self.split != "column" or self.split_column is not None or self.format == "deeploc",
-            "split='column' needs split_column (or the deeploc format's test flag)",
-        )
+
+def check_labeled_data(cfg: LabeledDataFields) -> None:
+    """Validate the :class:`LabeledDataFields` of a suite config."""
+    require(bool(cfg.path), "path must be set")
+    require(cfg.format in DATA_FORMATS, f"format must be one of {DATA_FORMATS}, got {cfg.format!r}")
+    require(cfg.task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {cfg.task_type!r}")
+    require(cfg.deeploc_label in ("location", "membrane"), f"bad deeploc_label {cfg.deeploc_label!r}")
+    require(cfg.on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {cfg.on_error!r}")
+    require(cfg.go_obo is None or cfg.task_type == "multi_label", "go_obo needs task_type multi_label")
+    require(bool(cfg.label_sep), "label_sep must not be empty")
+
+
+def check_split(cfg: SplitFields) -> None:
+    """Validate the :class:`SplitFields` of a suite config (the deeploc format carries its own test flag)."""
+    require(cfg.split in SPLIT_MODES, f"split must be one of {SPLIT_MODES}, got {cfg.split!r}")
+    require(0.0 < cfg.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {cfg.test_fraction}")
+    require(cfg.split != "files" or bool(cfg.test_path), "split='files' needs test_path")
+    require(
+        cfg.split != "column" or cfg.split_column is not None or getattr(cfg, "format", None) == "deeploc",
+        "split='column' needs split_column (or the deeploc format's test flag)",
+    )
 
 
 def require(ok: bool, message: str) -> None:
@@ -116,8 +118,11 @@ def require(ok: bool, message: str) -> None:
 # ---------------------------------------------------------------- data
 
 
-def load_labeled(cfg: LabeledDataConfig, path: str | None = None) -> LabeledSequences:
-    """Read ``path`` (default ``cfg.path``) as configured, GO-propagate if asked, subsample if asked."""
+def load_labeled(cfg: LabeledDataFields, path: str | None = None) -> LabeledSequences:
+    """Read ``path`` (default ``cfg.path``) as configured, GO-propagate if asked, subsample if asked.
+
+    ``cfg`` is a suite config: :class:`LabeledDataFields` plus :class:`SuiteConfig`'s ``seed`` and
+    ``max_examples`` (and :class:`SplitFields` when it splits by a column)."""
     path = path or cfg.path
     if not Path(path).is_file():
         raise FileNotFoundError(f"{type(cfg).__name__}: data file {path} does not exist")
@@ -127,9 +132,7 @@ def load_labeled(cfg: LabeledDataConfig, path: str | None = None) -> LabeledSequ
             "sequence_column": cfg.sequence_column,
             "label_column": cfg.label_column,
             "id_column": cfg.id_column,
-            "split_column": getattr(cfg, "split_column", None)
-            if getattr(cfg, "split", "") == "column"
-            else None,
+            "split_column": cfg.split_column if isinstance(cfg, SplitFields) and cfg.split == "column" else None,
         }
     data = read_labeled(
         path, fmt=cfg.format, task_type=cfg.task_type, deeploc_label=cfg.deeploc_label, **table_kwargs
@@ -149,8 +152,11 @@ def load_labeled(cfg: LabeledDataConfig, path: str | None = None) -> LabeledSequ
     return data
 
 
-def train_test(cfg: SplitDataConfig) -> tuple[LabeledSequences, LabeledSequences, dict[str, Any]]:
-    """Load and split as configured; info carries split sizes and skipped-record counts."""
+def train_test(cfg: SplitFields) -> tuple[LabeledSequences, LabeledSequences, dict[str, Any]]:
+    """Load and split as configured; info carries split sizes and skipped-record counts.
+
+    ``cfg`` is a suite config with both :class:`LabeledDataFields` and :class:`SplitFields`."""
+    assert isinstance(cfg, LabeledDataFields)
     data = load_labeled(cfg)
     if cfg.split == "files":
         assert cfg.test_path is not None

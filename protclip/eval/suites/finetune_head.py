@@ -26,8 +26,12 @@ from protclip.data.splits import split_by_hash
 from protclip.dist import resolve_device
 from protclip.eval.embedder import Embedder
 from protclip.eval.suites.base import (
-    SplitDataConfig,
+    LabeledDataFields,
+    SplitFields,
+    SuiteConfig,
     SuiteResult,
+    check_labeled_data,
+    check_split,
     clean_metrics,
     embed_unique,
     require,
@@ -37,7 +41,7 @@ from protclip.eval.suites.tasks import EncodedLabels, encode_labels, score
 
 
 @dataclass(kw_only=True)
-class FinetuneHeadConfig(SplitDataConfig):
+class FinetuneHeadConfig(SuiteConfig, LabeledDataFields, SplitFields):
     mode: str = "frozen"  # "frozen" (head only) or "partial" (head + top ESM layers; HFProteinEmbedder only)
     hidden_dim: int = 512  # MLP hidden width
     dropout: float = 0.1  # dropout before each Linear
@@ -53,6 +57,8 @@ class FinetuneHeadConfig(SplitDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_labeled_data(self)
+        check_split(self)
         require(self.mode in ("frozen", "partial"), f"mode must be 'frozen' or 'partial', got {self.mode!r}")
         require(
             self.hidden_dim >= 1 and self.epochs >= 1 and self.train_batch_size >= 1, "sizes must be >= 1"

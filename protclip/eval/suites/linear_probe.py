@@ -17,8 +17,12 @@ from sklearn.preprocessing import StandardScaler
 
 from protclip.eval.embedder import Embedder
 from protclip.eval.suites.base import (
-    SplitDataConfig,
+    LabeledDataFields,
+    SplitFields,
+    SuiteConfig,
     SuiteResult,
+    check_labeled_data,
+    check_split,
     clean_metrics,
     embed_unique,
     require,
@@ -28,13 +32,15 @@ from protclip.eval.suites.tasks import EncodedLabels, encode_labels, score
 
 
 @dataclass(kw_only=True)
-class LinearProbeConfig(SplitDataConfig):
+class LinearProbeConfig(SuiteConfig, LabeledDataFields, SplitFields):
     C: float = 1.0  # inverse L2 strength of LogisticRegression (classification)
     alpha: float = 1.0  # L2 strength of Ridge (regression)
     max_iter: int = 2000  # LogisticRegression solver iterations
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_labeled_data(self)
+        check_split(self)
         require(self.C > 0 and self.alpha > 0, f"C and alpha must be > 0, got C={self.C}, alpha={self.alpha}")
         require(self.max_iter >= 1, f"max_iter must be >= 1, got {self.max_iter}")
 

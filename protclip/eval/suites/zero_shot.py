@@ -18,8 +18,10 @@ from protclip import metrics as M
 from protclip.eval.embedder import Embedder
 from protclip.eval.suites import figures
 from protclip.eval.suites.base import (
-    LabeledDataConfig,
+    LabeledDataFields,
+    SuiteConfig,
     SuiteResult,
+    check_labeled_data,
     clean_metrics,
     embed_unique,
     load_labeled,
@@ -49,7 +51,7 @@ DEFAULT_LOCATION_TEMPLATES: list[str] = [
 
 
 @dataclass(kw_only=True)
-class ZeroShotConfig(LabeledDataConfig):
+class ZeroShotConfig(SuiteConfig, LabeledDataFields):
     templates: list[str] = field(
         default_factory=lambda: list(DEFAULT_LOCATION_TEMPLATES)
     )  # each has "{name}"
@@ -62,6 +64,7 @@ class ZeroShotConfig(LabeledDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_labeled_data(self)
         require(self.task_type == "single_label", "zero-shot classification is single-label")
         require(bool(self.templates), "templates must not be empty")
         bad = [t for t in self.templates if "{name}" not in t]
