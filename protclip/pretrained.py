@@ -142,13 +142,16 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 
 def model_config_from_file(path: str | Path) -> ModelConfig:
     """The ``model`` section of a run config (YAML or JSON; a file holding just the section works too)."""
-    from protclip.config import from_dict
+    from protclip.config import MOVED_KEYS, from_dict
 
     path = Path(path)
     raw = _read_run_config(path)
     section = raw.get("model", raw if "protein_model" in raw else None)
     if not isinstance(section, dict):
         raise ValueError(f"{path}: no `model` section")
+    # runs saved before the lengths and the checkpointing switch left the model section wrote them there too
+    # (their data/train sections hold the same values): a saved run stays loadable, a user config does not
+    section = {k: v for k, v in section.items() if f"ModelConfig.{k}" not in MOVED_KEYS}
     return from_dict(ModelConfig, section, _path=f"{path}:model")
 
 

@@ -166,3 +166,26 @@ def test_missing_or_unusable_tower_sources_fail_clearly(pretrain_run, tmp_path):
     open_run(TrackingConfig(uri=uri), "exists")  # a store, without the asked-for run
     with pytest.raises(ValueError, match="cannot read the run"):
         resolve_base(BaseTowerConfig(source="mlflow:0123456789abcdef"), out, tracking_uri=uri)
+
+
+def test_run_config_saved_before_the_length_move_still_loads(tmp_path):
+    """Runs saved by earlier versions wrote the lengths and the checkpointing switch into `model` as well as
+    `data`: reading such a run config keeps working, while a user config with those keys fails (test_config)."""
+    import yaml
+
+    from protclip.model.config import tiny_model_config
+    from protclip.pretrained import data_config_from_file, model_config_from_file
+
+    model = {"protein_model": "random", "text_model": "random", "projection_dim": 32, "proto_num": 16,
+             "max_protein_length": 130, "max_text_length": 128, "max_subtext_length": 64,
+             "gradient_checkpointing": False}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "data": {"max_protein_length": 130, "max_text_length": 128,
+                                                             "max_subtext_length": 64}}))
+    cfg = model_config_from_file(path)
+    assert (cfg.projection_dim, cfg.proto_num) == (tiny_model_config().projection_dim, 16)
+    assert data_config_from_file(path).max_protein_length == 130
+    model["no_such_key"] = 1
+    path.write_text(yaml.safe_dump({"model": model}))
+    with pytest.raises(Exception, match="no_such_key"):
+        model_config_from_file(path)

@@ -300,6 +300,10 @@ def _squeeze(batch: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v[0] for k, v in batch.items()}
 
 
+#: micro-batch fields only the loop's bookkeeping reads (epoch, padding counts, keys): they stay on the host
+HOST_FIELDS = frozenset({"epoch", "n_real_tokens", "n_padded_tokens", "batch_key", "property_present"})
+
+
 def iter_micro_batches(
     shard: Any,
     *,
@@ -314,7 +318,8 @@ def iter_micro_batches(
     ``shard`` is ``ray.train.get_dataset_shard(name)`` (or any Dataset / DataIterator). ``skip`` drops the first
     ``skip`` micro-batches this rank would get (resume). For a deterministic-split pipeline, ``rank`` and
     ``world_size`` default to the Ray Train context; micro-batch ``i`` of each epoch goes to rank
-    ``i % world_size`` and an incomplete last group of an epoch is dropped on every rank.
+    ``i % world_size`` and an incomplete last group of an epoch is dropped on every rank. Model inputs move to
+    ``device``; :data:`HOST_FIELDS` stay on the host (only the loop's bookkeeping reads them).
     """
     import torch
 
@@ -359,5 +364,5 @@ def iter_micro_batches(
             if a.dtype.kind in "iu":
                 a = a.astype(np.int64, copy=False)
             t = torch.from_numpy(np.ascontiguousarray(a) if a.ndim else a)  # scalars (epoch, counts) stay 0-d
-            out[k] = t.to(device, non_blocking=True) if device is not None else t
+            out[k] = t.to(device, non_blocking=True) if device is not None and k not in HOST_FIELDS else t
         yield out

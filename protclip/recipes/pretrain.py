@@ -62,8 +62,14 @@ def _start_epoch(cfg: PretrainConfig, state: dict[str, Any] | None) -> int:
 
 
 def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> PretrainResult:
-    """Build the datasets, open the MLflow run, train with Ray Train, close the run. Ray must be initialised."""
-    # torch, Ray and the eval tasks load here, not at import: config and storage errors stay fast
+    """Check storage, then build the datasets, open the MLflow run, train with Ray Train, close the run.
+
+    Joins or starts Ray (``runtime.init_ray``, a no-op when the caller already did) only after the storage
+    preflight, so a wrong bucket or credentials is one line and exit 3, not minutes later.
+    """
+    preflight(cfg)
+    runtime.init_ray()
+    # torch, Ray Train and the eval tasks load here, not at import: config and storage errors stay fast
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -76,7 +82,6 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     from protclip.train.run_folder import peek_latest_state, run_uri
 
     tc, access = cfg.train, cfg.storage.access()
-    preflight(cfg)
     previous = peek_latest_state(cfg)
     start_epoch = _start_epoch(cfg, previous)
     data = build_pretrain_datasets(cfg.data, collate_config(cfg.model, cfg.loss, data_cfg=cfg.data), access,
@@ -169,9 +174,6 @@ def main(argv: list[str]) -> int:
     """
     setup_logging()
     cfg = cli_config(PretrainConfig, argv)
-    # fail fast, before torch/Ray start: a wrong bucket or credentials is one line and exit 3, not minutes later
-    preflight(cfg)
-    runtime.init_ray()
     result = run_pretrain(cfg)
     summary = {"mlflow_run_id": result.run_id, "run": storage.redact(result.run_uri),
                "checkpoint": result.checkpoint_path, "export": result.export_uri,
