@@ -32,33 +32,15 @@ from protclip.finetune.model import (
 )
 from protclip.paths import REPO_ROOT
 from tests.helpers.tolerance import ULPS_NETWORK, approx_rounding, assert_close_rounding, eps_atol
+from tests.helpers.train import save_tiny_esm_tower
 
 DEEPLOC = "benchmarks/deeploc1_la/deeploc_test_set.fasta"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def tower(tmp_path_factory) -> str:
     """A tiny random ESM-2-shaped tower saved like a pre-training export (the "exported tower")."""
-    from transformers import EsmModel
-
-    from protclip.data.tokenizers import ProteinTokenizer
-    from protclip.model.config import RandomTowerConfig
-    from protclip.model.towers import tiny_esm_config
-
-    d = tmp_path_factory.mktemp("tower")
-    torch.manual_seed(1)
-    EsmModel(tiny_esm_config(RandomTowerConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)),
-             add_pooling_layer=False).save_pretrained(d)
-    ProteinTokenizer().to_hf().save_pretrained(d)
-    return str(d)
+    return save_tiny_esm_tower(tmp_path_factory.mktemp("tower"))
 
 
 @pytest.fixture(scope="module")

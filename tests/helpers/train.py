@@ -190,3 +190,28 @@ class SyntheticBatches:
             batch = collator(rows[lo:lo + mb])
             batch["epoch"] = torch.tensor(0, dtype=torch.int64)
             yield batch
+
+
+def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded copies of every parameter's gradient (FSDP2 DTensor grads are gathered)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            out[name] = g.detach().clone()
+    return out
+
+
+def save_tiny_esm_tower(directory: str | os.PathLike) -> str:
+    """A tiny random ESM-2-shaped tower saved like a pre-training export (weights + tokenizer), seed 1."""
+    from transformers import EsmModel
+
+    from protclip.data.tokenizers import ProteinTokenizer
+    from protclip.model.config import RandomTowerConfig
+    from protclip.model.towers import tiny_esm_config
+
+    torch.manual_seed(1)
+    EsmModel(tiny_esm_config(RandomTowerConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)),
+             add_pooling_layer=False).save_pretrained(directory)
+    ProteinTokenizer().to_hf().save_pretrained(directory)
+    return str(directory)

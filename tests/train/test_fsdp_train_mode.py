@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
-from tests.helpers.train import run_gloo, split_batch, synthetic_rows, tiny_setup
+from tests.helpers.train import (
+    full_grads,
+    run_gloo,
+    save_tiny_esm_tower,
+    split_batch,
+    synthetic_rows,
+    tiny_setup,
+)
 
 WORLD = 2
 VIEW_WARNING = "returned a view tensor"
@@ -24,15 +31,6 @@ VIEW_WARNING = "returned a view tensor"
 
 def _seed(rank: int) -> int:
     return 100 + rank
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            out[name] = g.detach().clone()
-    return out
 
 
 def _recorded(fn):
@@ -75,7 +73,7 @@ def _protclip_worker(rank: int, world: int, batch):
         loss_fn(model(local))["loss"].backward()  # GC gathers all ranks' columns; FSDP averages the gradients
 
     _, messages = _recorded(step)
-    return _grads(model), messages
+    return full_grads(model), messages
 
 
 def _protclip_reference(batch):
@@ -99,7 +97,7 @@ def _protclip_reference(batch):
         if k != "loss_gc":
             total = total + w[k] * sum(p[k] for p in parts) / WORLD
     total.backward()
-    return _grads(model)
+    return full_grads(model)
 
 
 def test_protclip_train_mode_fsdp2_gradients_match_unsharded_without_view_warnings():
@@ -117,18 +115,7 @@ def test_protclip_train_mode_fsdp2_gradients_match_unsharded_without_view_warnin
 
 @pytest.fixture(scope="module")
 def tower(tmp_path_factory) -> str:
-    from transformers import EsmModel
-
-    from protclip.data.tokenizers import ProteinTokenizer
-    from protclip.model.config import RandomTowerConfig
-    from protclip.model.towers import tiny_esm_config
-
-    d = tmp_path_factory.mktemp("tower")
-    torch.manual_seed(1)
-    EsmModel(tiny_esm_config(RandomTowerConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)),
-             add_pooling_layer=False).save_pretrained(d)
-    ProteinTokenizer().to_hf().save_pretrained(d)
-    return str(d)
+    return save_tiny_esm_tower(tmp_path_factory.mktemp("tower"))
 
 
 def _lora_model(tower: str, task_type: str):
@@ -169,7 +156,7 @@ def _lora_worker(rank: int, world: int, tower: str, task_type: str):
     k = batch[0].shape[0] // world
     local = [t[rank * k:(rank + 1) * k] for t in batch]
     _, messages = _recorded(lambda: _lora_loss(model, task_type, *local, seed=_seed(rank)).backward())
-    return _grads(model), messages
+    return full_grads(model), messages
 
 
 @pytest.mark.parametrize("task_type", ["per_residue", "single_label"])
@@ -182,7 +169,7 @@ def test_lora_train_mode_fsdp2_gradients_match_unsharded_without_view_warnings(t
     total = sum(_lora_loss(model, task_type, ids[r * k:(r + 1) * k], am[r * k:(r + 1) * k],
                            labels[r * k:(r + 1) * k], seed=_seed(r)) for r in range(WORLD)) / WORLD
     total.backward()
-    ref = _grads(model)
+    ref = full_grads(model)
     for rank, (grads, messages) in enumerate(run_gloo(_lora_worker, WORLD, tower, task_type)):
         assert not [m for m in messages if VIEW_WARNING in m], (rank, messages)
         _assert_grads_match(grads, ref)

@@ -21,16 +21,7 @@ from protclip.model.losses.total import loss_weights
 from protclip.model.protclip import seeded_passes
 from protclip.train.step import draw_step_seed, forward_backward, micro_batch_seed
 from tests.helpers.tolerance import ULPS_NETWORK, ULPS_REDUCTION, assert_close_rounding
-from tests.helpers.train import run_gloo, split_batch, synthetic_rows, tiny_setup
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            out[name] = g.detach().clone()
-    return out
+from tests.helpers.train import full_grads, run_gloo, split_batch, synthetic_rows, tiny_setup
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -69,7 +60,7 @@ def _one_step(accum: int, batch):
     model.eval()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     res = forward_backward(model, loss_fn, split_batch(batch, accum))
-    grads = _grads(model)
+    grads = full_grads(model)
     opt.step()
     return res.values, grads, _params(model)
 
@@ -102,7 +93,7 @@ def _reference_unsharded(batch, halves: int):
         if k != "loss_gc":
             total = total + w[k] * sum(p[k] for p in parts) / halves
     total.backward()
-    return float(total.detach()), _grads(model)
+    return float(total.detach()), full_grads(model)
 
 
 def _fsdp_worker(rank: int, world: int, batch, accum: int):
@@ -115,7 +106,7 @@ def _fsdp_worker(rank: int, world: int, batch, accum: int):
     res = forward_backward(model, loss_fn, split_batch(local, accum))
     loss = torch.tensor([res.values["loss"]])
     torch.distributed.all_reduce(loss)
-    return float(loss) / world, _grads(model)
+    return float(loss) / world, full_grads(model)
 
 
 def test_fsdp2_two_ranks_match_unsharded_with_and_without_accumulation():
@@ -271,7 +262,7 @@ def _reference_step(model, loss_fn, mbs, rng_state: torch.Tensor):
     for k, c in counts.items():
         total = total + w[k] * sum(ci / sum(c) * p[k] for ci, p in zip(c, parts, strict=True))
     total.backward()
-    return float(total.detach()), _grads(model)
+    return float(total.detach()), full_grads(model)
 
 
 @pytest.mark.parametrize("accum", [2, 4])
@@ -286,7 +277,7 @@ def test_accumulated_train_step_equals_reference_with_per_micro_batch_noise(accu
     model, loss_fn, _ = _train_setup()
     torch.set_rng_state(state)
     vals = forward_backward(model, loss_fn, mbs).values
-    grads = _grads(model)
+    grads = full_grads(model)
 
     ref_model, ref_loss_fn, _ = _train_setup()
     ref_loss, ref_grads = _reference_step(ref_model, ref_loss_fn, mbs, state)
@@ -297,4 +288,4 @@ def test_accumulated_train_step_equals_reference_with_per_micro_batch_noise(accu
     model.zero_grad(set_to_none=True)
     model.eval()
     forward_backward(model, loss_fn, mbs)
-    assert any(not torch.allclose(g, ref_grads[n], atol=1e-3) for n, g in _grads(model).items())
+    assert any(not torch.allclose(g, ref_grads[n], atol=1e-3) for n, g in full_grads(model).items())
