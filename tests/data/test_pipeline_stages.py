@@ -12,7 +12,7 @@ import pytest
 
 from protclip.data.config import DataConfig
 from protclip.data.parquet_files import Fragment, ProtAnnoFileError, inspect_parquet, read_fragment
-from protclip.data.pipeline import iter_micro_batches, make_collator, required_columns
+from protclip.data.pipeline import HOST_FIELDS, iter_micro_batches, make_collator, required_columns
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import record_to_row, rows_to_table
 from protclip.data.stages import (
@@ -222,6 +222,15 @@ def test_iter_micro_batches_deterministic_partition_and_skip():
     assert DETERMINISTIC_FLAG not in mb
     streaming = _FakeShard(epochs, deterministic=False)  # streaming: the split already happened in Ray
     assert _keys(iter_micro_batches(streaming, rank=1, world_size=2)) == full
+
+
+def test_model_inputs_move_to_the_device_and_bookkeeping_stays_on_the_host():
+    """``meta`` stands in for an accelerator: only what the model reads is copied to the device."""
+    mb = next(iter_micro_batches(_FakeShard([0, 0], deterministic=False), device="meta"))
+    assert mb["protein_input_ids"].device.type == "meta"
+    assert {k for k, v in mb.items() if v.device.type == "cpu"} == {"epoch", "batch_key", "n_real_tokens",
+                                                                   "n_padded_tokens"}
+    assert set(mb) - {"protein_input_ids"} <= HOST_FIELDS
 
 
 def test_epoch_data_stats():
