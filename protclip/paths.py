@@ -29,3 +29,17 @@ def shared_data_dir() -> Path:
 def uniprot_samples_dat() -> Path:
     """The 103 real UniProtKB flat-file entries used by tests and the demo."""
     return shared_data_dir() / "uniprot_samples" / "uniprot_samples.dat"
+
+
+#: config prefix of paths under the shared data folder: ``shared:uniprot_corpus/uniprot_corpus.dat.gz``
+SHARED_PREFIX = "shared:"
+
+
+def resolve_shared(value: str) -> str:
+    """``shared:<path>`` -> that path under :func:`shared_data_dir`; any other value unchanged.
+
+    Lets shipped configs name the real data without a path relative to the source tree, which would break
+    from another working directory or inside a ``ray job submit`` package."""
+    if value.startswith(SHARED_PREFIX):
+        return str(shared_data_dir() / value[len(SHARED_PREFIX):].lstrip("/"))
+    return value

@@ -11,6 +11,9 @@ Pipeline (Ray Data, streaming; nothing is collected on one node):
 3. ``ProtAnnoSink`` writes the good rows as Parquet shards (optionally after the ``once`` sampling of the paper,
    i.e. ProtAnno-D) and returns per-shard statistics and the error rows to the driver, which writes
    ``manifest.json`` and ``malformed.jsonl``. Counts always add up: parsed + malformed (+ sampled out) = seen.
+4. The held-out split is a global step: one Ray task reads accession + sequence back from the shards, clusters
+   them with MMseqs2 (``build.holdout``), assigns whole clusters to train / val / test and writes
+   ``_holdout.parquet``; the driver records the split in the manifest (:mod:`protclip.data.holdout`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protclip import storage
+from protclip.data.holdout import HoldoutConfig, make_holdout, sequences_from_tables, write_holdout
+from protclip.data.mmseqs import find_mmseqs, mmseqs_version
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import PROTANNO_SCHEMA, SCHEMA_VERSION, record_to_row
 from protclip.data.uniprot import (
@@ -44,6 +49,7 @@ from protclip.data.uniprot import (
     iter_tsv_records,
     parse_raw_batch,
 )
+from protclip.paths import resolve_shared
 
 _log = logging.getLogger(__name__)
 
@@ -67,8 +73,12 @@ class BuildConfig:
     overwrite: bool = False  # refuse to write into a non-empty output unless set
     verify_crc: bool = True  # check the SQ-line CRC64 (cheap; catches corrupted sequences)
     max_malformed_fraction: float = 1.0  # fail the job (after writing the report) above this share
+    # the held-out split written next to the shards (_holdout.parquet + manifest block); clusters by default
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.holdout, dict):  # tolerate plain dicts (e.g. BuildConfig(**yaml_section))
+            self.holdout = HoldoutConfig(**self.holdout)
         if self.chunk_bytes < 4096:
             raise ValueError("chunk_bytes must be >= 4096")
         if self.rows_per_shard < 1:
@@ -102,7 +112,7 @@ def _kind(path: str, head: bytes) -> str:
 def list_inputs(patterns: list[str], cfg: storage.StorageConfig | None = None) -> list[InputFile]:
     """Expand files / folders / globs into a sorted list of input files (error if a pattern matches nothing)."""
     out: list[InputFile] = []
-    for pat in patterns:
+    for pat in map(resolve_shared, patterns):
         fs, path = storage.filesystem(pat, cfg)
         scheme = storage.scheme_of(pat)
         prefix = "" if scheme in ("file", "local") else f"{scheme}://"
@@ -393,6 +403,49 @@ class ProtAnnoSink:
         return _Sink()
 
 
+# ----------------------------------------------------------------------------------------------- held-out split
+
+
+def compute_holdout(output: str, shard_names: list[str], cfg: HoldoutConfig,
+                    storage_cfg: storage.StorageConfig | None) -> dict[str, Any]:
+    """The global clustering step (one Ray task): read accession + sequence of the written shards, cluster,
+    assign whole clusters to splits, write ``_holdout.parquet``; returns the manifest's ``holdout`` block."""
+    import gzip
+
+    fs, base = storage.filesystem(output, storage_cfg)
+    tables = []
+    for name in sorted(shard_names):
+        with fs.open(f"{base}/{name}", "rb") as f:
+            tables.append(pq.read_table(f, columns=["accession", "sequence"] if cfg.needs_mmseqs else ["accession"]))
+    seqs, rows = sequences_from_tables(tables)
+    if cfg.clusters_tsv is None:
+        table, info = make_holdout(seqs, cfg, rows_per_accession=rows)
+    else:
+        with _open(cfg.clusters_tsv, storage_cfg) as raw:
+            binary = gzip.GzipFile(fileobj=raw, mode="rb") if cfg.clusters_tsv.lower().endswith(".gz") else raw
+            table, info = make_holdout(seqs, cfg, rows_per_accession=rows,
+                                       clusters_tsv_lines=io.TextIOWrapper(binary, encoding="utf-8"))
+    return info | write_holdout(output, table, storage_cfg)
+
+
+def _preflight_mmseqs() -> str:
+    """Where the clustering task will run: the binary exists and starts (fails before hours of parsing)."""
+    return mmseqs_version(find_mmseqs())
+
+
+def _ray_get(ref: Any) -> Any:
+    """``ray.get`` that re-raises a task's own error (setup problems stay one clear line, not a traceback)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
 # ----------------------------------------------------------------------------------------------- driver
 
 
@@ -425,6 +478,8 @@ def run_build(cfg: BuildConfig, storage_cfg: storage.StorageConfig | None = None
     storage_cfg = (storage_cfg or storage.StorageConfig()).resolved()
     files = list_inputs(cfg.inputs, storage_cfg)
     _check_output(cfg.output, storage_cfg, cfg.overwrite)
+    if cfg.holdout.needs_mmseqs:
+        _ray_get(ray.remote(num_cpus=0)(_preflight_mmseqs).remote())
     source = UniProtRawDatasource(files, storage_cfg, cfg.chunk_bytes)
     sink = ProtAnnoSink(cfg.output, storage_cfg, cfg.sampling, cfg.rows_per_shard, cfg.row_group_rows)
     ds = ray.data.read_datasource(source.as_ray_datasource(), override_num_blocks=max(1, len(source.units)))
@@ -433,10 +488,19 @@ def run_build(cfg: BuildConfig, storage_cfg: storage.StorageConfig | None = None
     ray_sink = sink.as_ray_datasink()
     ds.write_datasink(ray_sink)
     results = ray_sink.results
+    holdout: dict[str, Any] = {"mode": "none"}
+    if cfg.holdout.mode != "none":
+        names = [f["name"] for r in results for f in r["files"]]
+        task = ray.remote(num_cpus=cfg.holdout.threads)(compute_holdout)
+        holdout = _ray_get(task.remote(cfg.output, names, cfg.holdout, storage_cfg))
     manifest, errors = summarise(cfg, files, results, time.time() - t0)
+    manifest["holdout"] = holdout
     _write_reports(cfg.output, storage_cfg, manifest, errors)
     _log.info("ProtAnno build: %d rows in %d shards, %d malformed records, %.1f s", manifest["rows"],
               len(manifest["shards"]), manifest["malformed"], manifest["seconds"])
+    if holdout["mode"] != "none":
+        _log.info("held-out split (%s): %d clusters; clusters %s; rows %s; %.1f s", holdout["mode"],
+                  holdout["n_clusters"], holdout["clusters"], holdout["rows"], holdout["seconds"])
     if manifest["seen"] and manifest["malformed"] / manifest["seen"] > cfg.max_malformed_fraction:
         raise RuntimeError(
             f"{manifest['malformed']} of {manifest['seen']} records malformed (> {cfg.max_malformed_fraction:.1%}); "

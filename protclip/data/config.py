@@ -35,6 +35,12 @@ class DataConfig:
     # rows sorted by protein length inside a window before chunking into micro-batches (length bucketing);
     # <= micro_batch_size switches bucketing off
     bucket_window: int = 256
+    # "bucketed": micro_batch_size rows per micro-batch, length-bucketed and padded; "packed": rows taken in the
+    # buffer's shuffled order until a micro-batch holds max_tokens protein / max_text_tokens text tokens, then
+    # concatenated end to end without padding (one row per micro-batch, per-sequence boundaries; varying pairs)
+    batching: Literal["bucketed", "packed"] = "bucketed"
+    max_tokens: int = 16384  # packed: protein tokens (incl. <cls>/<eos>) per micro-batch; >= max_protein_length
+    max_text_tokens: int = 16384  # packed: full-text tokens per micro-batch; >= max_text_length
     # rows shuffled together on a data worker before bucketing (bounded local shuffle buffer, seeded); the
     # block-level shuffle is a per-epoch seeded permutation of the Parquet row groups read
     shuffle_buffer: int = 512
@@ -42,6 +48,10 @@ class DataConfig:
     val_fraction: float = 0.05  # share of the pool held out for validation, by a hash of the accession
     val_max_rows: int | None = 2048  # cap on sampled validation rows (the ones with the smallest hash); None = all
     val_seed: int = 0  # hash seed of the train/validation split, independent of `seed` so reruns keep the set
+    # where train/validation/test come from: "build" = the ProtAnno build's held-out split (_holdout.parquet:
+    # train rows only for training, val rows for validation, test rows never read); "hash" = the accession hash
+    # above (val_fraction, val_seed); "auto" = "build" when the folder's manifest has a held-out split, else "hash"
+    holdout: Literal["auto", "build", "hash"] = "auto"
     num_epochs: int = 1  # all epochs form one Ray Dataset (epoch e: sampling epoch e, or 0 in "once" mode)
     # "streaming": Ray Train's streaming_split (equal=True), scales, rows per rank not bit-reproducible;
     # "deterministic": fixed pipeline order, every rank reads the whole stream and keeps micro-batch i when
@@ -61,6 +71,14 @@ class DataConfig:
         for name in ("micro_batch_size", "num_epochs", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batching not in ("bucketed", "packed"):
+            raise ValueError(f"data.batching must be 'bucketed' or 'packed', got {self.batching!r}")
+        if self.max_tokens < self.max_protein_length:
+            raise ValueError(f"data.max_tokens ({self.max_tokens}) must be >= data.max_protein_length "
+                             f"({self.max_protein_length}): the longest protein must fit one micro-batch")
+        if self.max_text_tokens < self.max_text_length:
+            raise ValueError(f"data.max_text_tokens ({self.max_text_tokens}) must be >= data.max_text_length "
+                             f"({self.max_text_length}): the longest text must fit one micro-batch")
         if self.bucket_window < 0:
             raise ValueError(f"data.bucket_window must be >= 0, got {self.bucket_window}")
         if self.max_protein_length < 3:
@@ -72,6 +90,8 @@ class DataConfig:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_max_rows is not None and self.val_max_rows < 0:
             raise ValueError(f"data.val_max_rows must be >= 0 or null, got {self.val_max_rows}")
+        if self.holdout not in ("auto", "build", "hash"):
+            raise ValueError(f"data.holdout must be 'auto', 'build' or 'hash', got {self.holdout!r}")
         if self.split not in ("streaming", "deterministic"):
             raise ValueError(f"data.split must be 'streaming' or 'deterministic', got {self.split!r}")
         if self.read_parallelism is not None and self.read_parallelism < 1:

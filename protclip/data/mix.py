@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from protclip.data.config import DataConfig
 from protclip.data.parquet_files import ParquetInventory
-from protclip.data.stages import count_mix, metadata_counts, mix_key
+from protclip.data.stages import BuildSplit, count_mix, metadata_counts, mix_key
 
 MixDict = dict[tuple[bool, int, int], int]
 _GROUP = ["reviewed", "protein_existence", "n_properties"]
@@ -31,10 +31,15 @@ class MixCounts:
     val_mix: MixDict = field(default_factory=dict)
     val_rows: int = 0
     val_threshold: float = 1.0  # validation rows are the candidates with hash u <= this
+    # with the build's split: shard rows found in its val / test sets (before sampling), to check coverage
+    heldout_rows: dict[str, int] = field(default_factory=dict)
 
 
-def compute_mix(inv: ParquetInventory, data_cfg: DataConfig) -> MixCounts:
-    """One Ray pass over the metadata columns -> exact training mix of every epoch and the validation cap."""
+def compute_mix(inv: ParquetInventory, data_cfg: DataConfig, build: BuildSplit | None = None) -> MixCounts:
+    """One Ray pass over the metadata columns -> exact training mix of every epoch and the validation cap.
+
+    ``build``: the ProtAnno build's held-out accessions (else the accession hash of ``data_cfg`` splits).
+    """
     import ray.data
 
     frags = [f for f in inv.fragments if f.may_keep(data_cfg.sampling)]
@@ -44,7 +49,8 @@ def compute_mix(inv: ParquetInventory, data_cfg: DataConfig) -> MixCounts:
     if not items:  # footer statistics prove that the sampler keeps nothing
         return MixCounts(train={e: {} for e in range(data_cfg.num_epochs)})
     fn = partial(metadata_counts, fs=inv.fs, uri=inv.uri, sampling=data_cfg.sampling,
-                 sampling_epochs=sampling_epochs, val_fraction=data_cfg.val_fraction, val_seed=data_cfg.val_seed)
+                 sampling_epochs=sampling_epochs, val_fraction=data_cfg.val_fraction, val_seed=data_cfg.val_seed,
+                 build=build)
     ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
     ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                         num_cpus=data_cfg.map_num_cpus)
@@ -65,6 +71,10 @@ def compute_mix(inv: ParquetInventory, data_cfg: DataConfig) -> MixCounts:
         chosen = u <= out.val_threshold
         out.val_rows = int(chosen.sum())
         out.val_mix = count_mix(cand, chosen)
+        if build is not None:
+            for kind, name in ((2, "val"), (3, "test")):
+                out.heldout_rows[name] = int(pa.compute.sum(table.filter(pa.compute.equal(table["kind"], kind))["n"])
+                                             .as_py() or 0)
     for e, se in enumerate(data_cfg.sampling_epochs):
         out.train[e] = dict(sorted(by_sampling_epoch[se].items()))
     return out

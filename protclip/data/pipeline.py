@@ -33,17 +33,25 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from protclip.data.collate import CollateConfig, ProtCLIPCollator
 from protclip.data.config import DataConfig
+from protclip.data.holdout import check_heldout_rows, resolve_training_split
 from protclip.data.mix import compute_mix, mix_metrics
 from protclip.data.parquet_files import ParquetInventory, inspect_parquet
 from protclip.data.sampling import SamplingConfig
 from protclip.data.schema import SCHEMA_VERSION
-from protclip.data.stages import DETERMINISTIC_FLAG, SplitRule, collate_windows, derive_seed, read_and_sample
+from protclip.data.stages import (
+    DETERMINISTIC_FLAG,
+    BuildSplit,
+    SplitRule,
+    collate_windows,
+    derive_seed,
+    read_and_sample,
+)
 from protclip.storage import StorageConfig, redact
 
 __all__ = [
@@ -159,21 +167,27 @@ def sampled_rows(
     inventory: ParquetInventory | None = None,
     val_threshold: float = 1.0,
     shuffle: bool = True,
+    build_split: BuildSplit | None | Literal["resolve"] = "resolve",
 ) -> Any:
     """The rows the pipeline feeds to collation (after the split and the sampler), before collation.
 
     One row per sampled ProtAnno row, with ``columns`` (default: the metadata and ``length``) and ``epoch``.
+    ``build_split``: the build's held-out accessions, None for the accession hash, or "resolve" to decide from
+    ``data.holdout`` and the folder's manifest (test rows of a build split are never yielded).
     """
     import ray.data
 
     inv = inventory or inspect_parquet(data_cfg.uri, storage_cfg)
+    if isinstance(build_split, str):
+        build_split = resolve_training_split(data_cfg, inv.files, storage_cfg)[0]
     epochs = list(range(data_cfg.num_epochs)) if epochs is None else list(epochs)
     out_columns = list(columns or ["accession", "reviewed", "protein_existence", "n_properties", "length"])
     read_columns = list(dict.fromkeys(["accession", "reviewed", "protein_existence", "n_properties"] + out_columns))
     items, n_tasks = _items(inv, epochs, data_cfg.seed, data_cfg.read_parallelism, data_cfg.sampling, shuffle)
     if not items:
         raise ValueError(f"{redact(data_cfg.uri)}: no rows to read")
-    rule = SplitRule(split, data_cfg.val_fraction, data_cfg.val_seed, val_threshold)  # type: ignore[arg-type]
+    rule = SplitRule(split, data_cfg.val_fraction, data_cfg.val_seed, val_threshold,  # type: ignore[arg-type]
+                     build=build_split)
     fn = partial(read_and_sample, fs=inv.fs, uri=inv.uri, read_columns=read_columns, out_columns=out_columns,
                  sampling=data_cfg.sampling, rule=rule)
     ds = ray.data.from_items(items, override_num_blocks=n_tasks)
@@ -184,7 +198,8 @@ def sampled_rows(
 def _collated(rows: Any, data_cfg: DataConfig, collator: Any, deterministic: bool) -> Any:
     fn = partial(collate_windows, collator=collator, micro_batch_size=data_cfg.micro_batch_size,
                  bucket_window=data_cfg.bucket_window, max_protein_length=data_cfg.max_protein_length,
-                 seed=data_cfg.seed, deterministic=deterministic)
+                 seed=data_cfg.seed, deterministic=deterministic, batching=data_cfg.batching,
+                 max_tokens=data_cfg.max_tokens, max_text_tokens=data_cfg.max_text_tokens)
     # the memory request differs from the read stage's remote args, which keeps Ray from fusing the two stages:
     # fused, each task would bundle `window_rows` row groups instead of `window_rows` sampled rows
     return rows.map_batches(fn, batch_format="pyarrow", batch_size=data_cfg.window_rows, zero_copy_batch=True,
@@ -223,7 +238,11 @@ def build_pretrain_datasets(
     inv = inspect_parquet(data_cfg.uri, storage_cfg)
     deterministic = data_cfg.split == "deterministic"
 
-    counts = compute_mix(inv, data_cfg)
+    build_split, holdout_info = resolve_training_split(data_cfg, inv.files, storage_cfg)
+    counts = compute_mix(inv, data_cfg, build_split)
+    if build_split is not None:
+        complete = all(f.may_keep(data_cfg.sampling) for f in inv.fragments)
+        check_heldout_rows(data_cfg.uri, counts.heldout_rows, holdout_info, complete)
     epochs = list(range(start_epoch, data_cfg.num_epochs))
     mix = {e: counts.train[e] for e in epochs}
     train_rows = {e: sum(mix[e].values()) for e in epochs}
@@ -236,11 +255,11 @@ def build_pretrain_datasets(
         )
 
     train = _collated(sampled_rows(data_cfg, storage_cfg, split="train", epochs=epochs, columns=columns,
-                                   inventory=inv), data_cfg, collator, deterministic)
+                                   inventory=inv, build_split=build_split), data_cfg, collator, deterministic)
     val = None
     if counts.val_rows >= data_cfg.micro_batch_size * world_size:
         val_rows_ds = sampled_rows(data_cfg, storage_cfg, split="val", epochs=[0], columns=columns, inventory=inv,
-                                   val_threshold=counts.val_threshold)
+                                   val_threshold=counts.val_threshold, build_split=build_split)
         val = _collated(val_rows_ds, data_cfg, val_collator, deterministic)
     for ds in (train, val):
         if ds is not None and deterministic:
@@ -260,6 +279,7 @@ def build_pretrain_datasets(
         "micro_batches_per_epoch_max": {e: n // data_cfg.micro_batch_size for e, n in train_rows.items()},
         "val_rows": counts.val_rows,
         "val_threshold": counts.val_threshold,
+        "holdout": holdout_info,  # where train/validation came from: the build's held-out split or the hash
         "world_size": world_size,
         "split": data_cfg.split,
         "window_rows": data_cfg.window_rows,

@@ -14,7 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from protclip.data.batching import token_budget_batches
+from protclip.data.collate import pack_batch
 from protclip.data.parquet_files import Fragment, needed_types, read_fragment
 from protclip.data.sampling import SamplingConfig, keep_mask, row_uniform
 from protclip.dist import derive_seed
@@ -33,23 +36,52 @@ def val_uniform(accessions: Any, val_seed: int) -> np.ndarray:
     return row_uniform(accessions, (VAL_SALT ^ val_seed) & _M64, 0)
 
 
+@dataclass(frozen=True, eq=False)
+class BuildSplit:
+    """The ProtAnno build's held-out accessions, shipped to the read tasks (train = every other accession).
+
+    Only val and test travel (a small share of the rows), as Arrow arrays: compact to pickle, fast in ``is_in``.
+    """
+
+    val: pa.Array
+    test: pa.Array
+
+    def masks(self, accessions: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(is validation, is test) per row."""
+        def member(values: pa.Array) -> np.ndarray:
+            return pc.is_in(accessions, value_set=values).to_numpy(zero_copy_only=False).astype(bool)
+
+        return member(self.val), member(self.test)
+
+
 @dataclass(frozen=True)
 class SplitRule:
     """Which rows a read task keeps.
 
     train: not held out, and kept by the sampler at the row's sampling epoch.
-    val:   held out (hash < val_fraction), kept by the sampler at epoch 0, and hash <= val_threshold (the cap).
+    val:   held out, kept by the sampler at epoch 0, and hash <= val_threshold (the cap).
+    Held out means hash < val_fraction, or, with ``build`` (the build's split), in its val or test set; only its
+    val rows are validation rows and its test rows are never kept.
     """
 
     split: Literal["train", "val"]
     val_fraction: float
     val_seed: int = 0
     val_threshold: float = 1.0
+    build: BuildSplit | None = None
+
+    def held_out(self, accessions: Any, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(held out of training, validation candidate) per row."""
+        if self.build is None:
+            held = u < self.val_fraction
+            return held, held
+        is_val, is_test = self.build.masks(accessions)
+        return is_val | is_test, is_val
 
     def mask(self, table: pa.Table, sampling: SamplingConfig, epoch: int) -> np.ndarray:
         acc = table.column("accession")
         u = val_uniform(acc, self.val_seed)
-        held_out = u < self.val_fraction
+        held_out, is_val = self.held_out(acc, u)
         keep = keep_mask(
             table.column("reviewed").to_numpy(zero_copy_only=False),
             table.column("protein_existence").to_numpy(),
@@ -59,7 +91,7 @@ class SplitRule:
             0 if self.split == "val" else epoch,
         )
         if self.split == "val":
-            return keep & held_out & (u <= self.val_threshold)
+            return keep & is_val & (u <= self.val_threshold)
         return keep & ~held_out
 
 
@@ -102,12 +134,16 @@ def metadata_counts(
     sampling_epochs: Sequence[int],
     val_fraction: float,
     val_seed: int,
+    build: BuildSplit | None = None,
 ) -> pa.Table:
     """One read of the metadata columns -> partial counts for the sample mix of every epoch, plus val candidates.
 
     Rows with kind 0: (epoch, reviewed, protein_existence, n_properties, n) training counts per sampling epoch.
     Rows with kind 1: one per validation candidate (held out and kept at epoch 0) with its hash ``u``.
+    With the build's split, rows with kind 2 / 3: ``n`` = rows of the row group in its val / test set (before
+    sampling), so the driver can check that the split covers the shards.
     """
+    rule = SplitRule("train", val_fraction, val_seed, build=build)
     cols = items.to_pydict()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kind", "epoch", "reviewed", "protein_existence",
                                                            "n_properties", "n", "u")}
@@ -126,15 +162,19 @@ def metadata_counts(
         pe = t.column("protein_existence").to_numpy().astype(np.int64)
         k = t.column("n_properties").to_numpy().astype(np.int64)
         u = val_uniform(acc, val_seed)
-        held_out = u < val_fraction
+        held_out, is_val = rule.held_out(acc, u)
         code = rev.astype(np.int64) * 100 + pe * 10 + k
         for e in sorted(set(sampling_epochs)):
             keep = keep_mask(rev, pe, k, acc, sampling, e)
             codes, counts = np.unique(code[keep & ~held_out], return_counts=True)
             emit(0, e, codes // 100 == 1, (codes // 10) % 10, codes % 10, counts.astype(np.int64),
                  np.zeros(len(codes)))
-        cand = held_out & keep_mask(rev, pe, k, acc, sampling, 0)
+        cand = is_val & keep_mask(rev, pe, k, acc, sampling, 0)
         emit(1, 0, rev[cand], pe[cand], k[cand], np.ones(int(cand.sum()), dtype=np.int64), u[cand])
+        if build is not None:
+            one = (np.zeros(1, dtype=bool), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+            emit(2, 0, *one, np.array([int(is_val.sum())]), np.zeros(1))
+            emit(3, 0, *one, np.array([int((held_out & ~is_val).sum())]), np.zeros(1))
     arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
     arrays["reviewed"] = arrays["reviewed"].astype(bool)
     for name in ("kind", "epoch", "protein_existence", "n_properties", "n"):
@@ -196,8 +236,16 @@ def collate_windows(
     max_protein_length: int,
     seed: int,
     deterministic: bool,
+    batching: str = "bucketed",
+    max_tokens: int | None = None,
+    max_text_tokens: int | None = None,
 ) -> dict[str, np.ndarray]:
     """One shuffle buffer of sampled rows -> collated micro-batches, one output row each.
+
+    ``batching="packed"``: every row of the permutation is kept and cut, in order, into micro-batches of at most
+    ``max_tokens`` protein / ``max_text_tokens`` text tokens (:func:`protclip.data.batching.token_budget_batches`),
+    each collated then packed end to end (:func:`protclip.data.collate.pack_batch`); the buffer's last
+    micro-batch may be under-filled. The rest of this docstring describes the bucketed mode.
 
     Per epoch present in the batch (a buffer can straddle an epoch boundary): permute the rows (seeded from
     seed, epoch and the buffer's accessions), drop the ``n % micro_batch_size`` rows at the end of the
@@ -207,6 +255,11 @@ def collate_windows(
     (the micro-batch's collate seed, an identity) and the deterministic-split flag.
     """
     mbs = micro_batch_size
+    packed = batching == "packed"
+    if packed and (max_tokens is None or max_text_tokens is None):
+        raise ValueError("collate_windows: batching='packed' needs max_tokens and max_text_tokens")
+    if batching not in ("bucketed", "packed"):
+        raise ValueError(f"collate_windows: batching must be 'bucketed' or 'packed', got {batching!r}")
     epochs = batch.column("epoch").to_numpy()
     produced: list[tuple[int, int, Mapping[str, Any]]] = []
     distinct = list(dict.fromkeys(epochs.tolist()))  # epochs in order of first appearance
@@ -214,24 +267,30 @@ def collate_windows(
         sub = batch if len(distinct) == 1 else batch.filter(pa.array(epochs == e))
         acc = sub.column("accession").to_pylist()
         m = len(acc) // mbs
-        if m == 0:
+        if m == 0 and not packed:
             continue
         rng = np.random.default_rng(derive_seed(seed, e, "buffer", *acc))
-        order = rng.permutation(len(acc))[: m * mbs]
         lengths = protein_tokens(sub.column("length").to_numpy(), max_protein_length)
-        groups = bucket(order, lengths, mbs, bucket_window)
         rows = sub.drop_columns(["epoch"]).to_pylist()
+        if packed:
+            order = rng.permutation(len(acc))
+            text_lengths = collator.text_token_counts([str(r["text"]) for r in rows])
+            groups = token_budget_batches(order, lengths, text_lengths, max_tokens, max_text_tokens)
+        else:
+            order = rng.permutation(len(acc))[: m * mbs]
+            groups = bucket(order, lengths, mbs, bucket_window)
         for gi in rng.permutation(len(groups)):
             idx = groups[gi]
             key = derive_seed(seed, e, "collate", *(acc[i] for i in idx))
-            produced.append((int(e), key, collator([rows[i] for i in idx], seed=key)))
+            arrays = collator([rows[i] for i in idx], seed=key)
+            produced.append((int(e), key, pack_batch(arrays) if packed else arrays))
     if not produced:
         return {}
     keys = list(produced[0][2])
     out: dict[str, np.ndarray] = {k: _object_column([_transport(p[2][k]) for p in produced]) for k in keys}
     real, padded = [], []
     for _, _, arrays in produced:
-        mask = np.asarray(arrays["protein_attention_mask"])
+        mask = np.asarray(arrays["protein_attention_mask"])  # all ones when packed
         real.append(int(mask.sum()))
         padded.append(int(mask.size - mask.sum()))
     out["epoch"] = np.array([p[0] for p in produced], dtype=np.int64)

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 from protclip.eval.config import EvalSuiteConfig
@@ -90,27 +87,9 @@ def log_failure(
 
 @contextlib.contextmanager
 def _suite_config(entry: EvalSuiteConfig) -> Iterator[dict[str, Any]]:
-    """The suite config as the suite reads it. A retrieval ``path`` naming a ProtAnno *folder* (Parquet parts,
-    as the build job writes it) becomes one temporary Parquet file of the columns the suite reads."""
-    config = dict(entry.config)
-    path = config.get("path")
-    if entry.suite != "retrieval" or not isinstance(path, str) or not os.path.isdir(path):
-        yield config
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parts = sorted(p for p in Path(path).rglob("*.parquet") if p.is_file())
-    if not parts:
-        raise FileNotFoundError(f"retrieval path {path} is a folder without .parquet files")
-    cols = [
-        config.get(k, d)
-        for k, d in (("id_column", "accession"), ("sequence_column", "sequence"), ("text_column", "text"))
-    ]
-    table = pa.concat_tables([pq.read_table(p, columns=cols) for p in parts])
-    with tempfile.TemporaryDirectory(prefix="protclip-retrieval-") as d:
-        pq.write_table(table, os.path.join(d, "rows.parquet"))
-        yield config | {"path": os.path.join(d, "rows.parquet"), "format": "parquet"}
+    """The suite config as the suite reads it. Suites read ProtAnno folders themselves (retrieval takes
+    ``{path: <ProtAnno folder>, split: test}``: only the build's held-out test rows), so it passes unchanged."""
+    yield dict(entry.config)
 
 
 def run_one(

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.ray
 
 def _read_rows(uri: str) -> list[dict]:
     fs, base = filesystem(uri)
-    files = sorted(p for p in fs.ls(base, detail=False) if p.endswith(".parquet"))
+    files = sorted(p for p in fs.ls(base, detail=False)
+                   if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("_"))  # _holdout.parquet
     rows = []
     for p in files:
         with fs.open(p, "rb") as f:
