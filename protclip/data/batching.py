@@ -1,6 +1,11 @@
-"""Length-aware batching of variable-length sequences for inference (embedding, prediction)."""
+"""Length-aware batching: similar-length batches for inference (embedding, prediction), and token-budget
+micro-batches for packed (padding-free) training."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
 
 
 def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -24,3 +29,34 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None =
     if cur:
         batches.append(cur)
     return batches
+
+
+def token_budget_batches(
+    order: Sequence[int] | np.ndarray,
+    protein_tokens: np.ndarray,
+    text_tokens: np.ndarray,
+    max_tokens: int,
+    max_text_tokens: int,
+) -> list[np.ndarray]:
+    """Cut ``order`` (row indices, already shuffled) into consecutive micro-batches of at most ``max_tokens``
+    protein tokens and ``max_text_tokens`` text tokens, keeping the order (no length sorting): a micro-batch is
+    closed when the next row would overflow either budget. Every row lands in exactly one micro-batch; a row
+    larger than a budget on its own is an error (crop lengths must fit the budgets).
+    """
+    order = np.asarray(order, dtype=np.int64)
+    p, t = np.asarray(protein_tokens, dtype=np.int64), np.asarray(text_tokens, dtype=np.int64)
+    too_big = [int(i) for i in order if p[i] > max_tokens or t[i] > max_text_tokens]
+    if too_big:
+        i = too_big[0]
+        raise ValueError(f"row {i} has {p[i]} protein / {t[i]} text tokens, above the micro-batch budget "
+                         f"({max_tokens} / {max_text_tokens}); raise data.max_tokens or lower the crop length")
+    groups: list[np.ndarray] = []
+    start, used_p, used_t = 0, 0, 0
+    for j, i in enumerate(order):
+        if j > start and (used_p + p[i] > max_tokens or used_t + t[i] > max_text_tokens):
+            groups.append(order[start:j])
+            start, used_p, used_t = j, 0, 0
+        used_p, used_t = used_p + p[i], used_t + t[i]
+    if len(order) > start:
+        groups.append(order[start:])
+    return groups

@@ -190,6 +190,11 @@ class ProtCLIPCollator:
             )
         return self._text_tok
 
+    def text_token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """Full-text tokens of each text after truncation (what the text budget of packed batching counts)."""
+        enc = self.text_tokenizer(list(texts), truncation=True, max_length=self.cfg.max_text_length)
+        return np.asarray([len(x) for x in enc["input_ids"]], dtype=np.int64)
+
     def batch_seed(self, rows: Iterable[Mapping[str, Any]]) -> int:
         h = hashlib.blake2b(f"{self.seed}|{self.epoch}".encode(), digest_size=8)
         for r in rows:
@@ -289,3 +294,64 @@ class ProtCLIPCollator:
             "subtext_attention_mask": sub["attention_mask"].astype(np.int64).reshape(b, k, -1),
             "property_present": np.asarray(present, dtype=np.int64),
         }
+
+
+# ---------------------------------------------------------------------------------------------- packing
+#: key whose presence marks a packed batch (padding-free: one row of concatenated sequences per micro-batch)
+PACKED_MARKER = "protein_cu_seqlens"
+#: packed groups: (prefix of the cu_seqlens/position_ids keys, attention-mask key, keys packed with that mask)
+_PACK_GROUPS = (
+    ("protein", "protein_attention_mask",
+     ("protein_input_ids", "mlm_input_ids", "mlm_labels", "span_input_ids", "span_labels")),
+    ("text", "text_attention_mask", ("text_input_ids",)),
+    ("subtext", "subtext_attention_mask", ("subtext_input_ids",)),
+)  # fmt: skip
+
+
+def is_packed(batch: Mapping[str, Any]) -> bool:
+    return PACKED_MARKER in batch
+
+
+def batch_rows(batch: Mapping[str, Any]) -> int:
+    """Pairs (proteins) in a micro-batch, padded ``[B, L]`` or packed (``len(cu_seqlens) - 1``)."""
+    if is_packed(batch):
+        return int(batch[PACKED_MARKER].shape[0]) - 1
+    return int(batch["protein_input_ids"].shape[0])
+
+
+def pack_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A padded collated batch -> the same sequences packed end to end, padding removed.
+
+    Each group (protein with its MLM/span copies, text, sub-texts in ``[B * 4]`` row-major order) becomes one row
+    ``[1, T]`` plus ``<group>_cu_seqlens`` ``[n + 1]`` (sequence boundaries) and ``<group>_position_ids``
+    ``[1, T]`` (restarting at 0 for every sequence); ``*_attention_mask`` becomes ones ``[1, T]``. Masks, spans
+    and crops are the padded batch's own, so a packed and a padded batch of the same rows and seed differ only
+    in layout. Right padding is assumed (what the collator produces). numpy in, numpy out; torch in, torch out.
+    """
+    as_torch = any(hasattr(v, "numpy") for v in batch.values())
+    arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in batch.items()}
+    out: dict[str, np.ndarray] = {k: v for k, v in arrays.items() if k == "property_present"}
+    for prefix, mask_key, keys in _PACK_GROUPS:
+        if mask_key not in arrays:
+            continue
+        mask = arrays[mask_key].astype(bool)
+        mask = mask.reshape(-1, mask.shape[-1])
+        lens = mask.sum(-1).astype(np.int64)
+        if (lens < 1).any():
+            raise ValueError(f"pack_batch: a sequence of {mask_key} has no tokens")
+        if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lens[:, None]):
+            raise ValueError(f"pack_batch: {mask_key} is not right-padded")
+        for k in keys:
+            if k in arrays:
+                out[k] = arrays[k].reshape(mask.shape)[mask][None, :]
+        total = int(lens.sum())
+        out[mask_key] = np.ones((1, total), dtype=np.int64)
+        cu = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=cu[1:])
+        out[f"{prefix}_cu_seqlens"] = cu
+        out[f"{prefix}_position_ids"] = (np.arange(total) - np.repeat(cu[:-1], lens))[None, :].astype(np.int64)
+    if as_torch:
+        import torch
+
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+    return out

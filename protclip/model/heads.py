@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,23 @@ class FragmentDecoder(nn.Module):
         else:
             probs = scores.softmax(dim=1)
         out = torch.einsum("bpt,btd->bpd", probs, v)
+        return out + protein if self.residual else out
+
+    def forward_packed(self, protein: torch.Tensor, text: torch.Tensor, protein_lens: Sequence[int],
+                       text_lens: Sequence[int]) -> torch.Tensor:
+        """Packed rows: ``protein`` ``[Tp, D]``, ``text`` ``[Tt, D]``; protein sequence i attends only to text
+        i (its own pair), one small attention per pair. No padding exists, so the released variant (softmax over
+        the protein axis, no text mask) is its padded formula without the padding."""
+        if len(protein_lens) != len(text_lens):
+            raise ValueError(f"packed BSR: {len(protein_lens)} proteins but {len(text_lens)} texts")
+        q, k, v = self.query(protein), self.key(text), self.value(text)
+        outs, ps, ts = [], 0, 0
+        for lp, lt in zip(protein_lens, text_lens, strict=True):
+            scores = (q[ps : ps + lp] @ k[ts : ts + lt].t()) * self.scale  # [lp, lt]
+            probs = scores.softmax(dim=-1 if self.softmax_over_text else 0)
+            outs.append(probs @ v[ts : ts + lt])
+            ps, ts = ps + lp, ts + lt
+        out = torch.cat(outs)
         return out + protein if self.residual else out
 
 

@@ -24,12 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protclip.data.collate import PACKED_MARKER
 from protclip.data.masking import IGNORE_INDEX
 from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_VOCAB
 from protclip.dist import derive_seed
+from protclip.model.attention import PackedSeqs
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.model.heads import FragmentDecoder, ProjectionHead, PrototypeBank, TokenHead
 from protclip.model.losses.registry import needed_features, needed_passes
+from protclip.model.packed import packed_hidden, segment_mean
 from protclip.model.towers import build_protein_tower, build_text_tower
 
 _PASS_SEED: ContextVar[int | None] = ContextVar("protclip_pass_seed", default=None)
@@ -140,6 +143,22 @@ class ProtCLIPModel(nn.Module):
         with self._text_ctx(), _pass_rng("text"):
             return self.text_tower(input_ids=ids, attention_mask=am).last_hidden_state
 
+    def _protein_hidden_packed(self, ids: torch.Tensor, pos: torch.Tensor, seqs: PackedSeqs,
+                               pass_name: str = "protein") -> torch.Tensor:
+        with _pass_rng(pass_name):
+            return packed_hidden(self.protein_tower, ids, pos, seqs)
+
+    def _text_hidden_packed(self, ids: torch.Tensor, pos: torch.Tensor, seqs: PackedSeqs,
+                            pass_name: str = "text") -> torch.Tensor:
+        with self._text_ctx(), _pass_rng(pass_name):
+            return packed_hidden(self.text_tower, ids, pos, seqs)
+
+    def _pool_protein_packed(self, h: torch.Tensor, ids: torch.Tensor, seqs: PackedSeqs) -> torch.Tensor:
+        """Per-protein mean of a packed row: residues only (paper) or every token of the protein (released, its
+        plain mean without the padding a padded batch would add)."""
+        mask = None if self.released else residue_mask(ids, torch.ones_like(ids))[0]
+        return segment_mean(h[0], seqs, mask)
+
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """GC and PDA logit multipliers: exp of the learnable log-scales clamped at ln(max_logit_scale)."""
         return (
@@ -148,13 +167,25 @@ class ProtCLIPModel(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------ encoders
-    def encode_protein(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised protein embeddings ``[B, D]`` in the joint space."""
+    def encode_protein(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """L2-normalised protein embeddings ``[B, D]`` in the joint space (a packed row when ``cu_seqlens``)."""
+        if cu_seqlens is not None:
+            seqs = PackedSeqs.from_cu_seqlens(cu_seqlens)
+            h = self._protein_hidden_packed(input_ids, position_ids, seqs)
+            return F.normalize(self.protein_proj(self._pool_protein_packed(h, input_ids, seqs)), dim=-1)
         h = self._protein_hidden(input_ids, attention_mask)
         return F.normalize(self.protein_proj(self._pool_protein(h, input_ids, attention_mask)), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text embeddings ``[B, D]`` in the joint space."""
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """L2-normalised text embeddings ``[B, D]`` in the joint space (a packed row when ``cu_seqlens``)."""
+        if cu_seqlens is not None:
+            seqs = PackedSeqs.from_cu_seqlens(cu_seqlens)
+            g = self._text_hidden_packed(input_ids, position_ids, seqs)
+            return F.normalize(self.text_proj(segment_mean(g[0], seqs)), dim=-1)
         g = self._text_hidden(input_ids, attention_mask)
         return F.normalize(self.text_proj(self._pool_text(g, attention_mask)), dim=-1)
 
@@ -166,6 +197,8 @@ class ProtCLIPModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run, in this fixed order, the passes the enabled objectives need (objective registry) and return
         the features they read; the order and the pass names (RNG keys) are part of the numerics."""
+        if PACKED_MARKER in batch:
+            return self._forward_packed(batch)
         passes, want = needed_passes(self.loss_cfg), needed_features(self.loss_cfg)
         out: dict[str, torch.Tensor] = {}
         g = text_am = None
@@ -212,6 +245,59 @@ class ProtCLIPModel(nn.Module):
             fused = self.decoder(tokens, self.text_proj(g), None if self.released else text_am)
         sel = batch["span_labels"] != IGNORE_INDEX
         return {"bsr_logits": self.bsr_head(fused[sel]), "bsr_labels": batch["span_labels"][sel]}
+
+    def _forward_packed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`forward` on a packed batch (``protclip.data.collate.pack_batch``): the same passes, pass names
+        and features, per sequence. Token features stay packed: ``pda_tokens`` ``[T, D]`` with ``pda_token_mask``
+        ``[T]`` and ``pda_cu_seqlens``; MLM/BSR logits are the selected tokens in the same order as padded."""
+        passes, want = needed_passes(self.loss_cfg), needed_features(self.loss_cfg)
+        out: dict[str, torch.Tensor] = {}
+        ids, pos = batch["protein_input_ids"], batch["protein_position_ids"]
+        prot = PackedSeqs.from_cu_seqlens(batch["protein_cu_seqlens"])
+        out["logit_scale"], out["local_logit_scale"] = self.scales()
+        g = text = None
+        if "protein" in passes:
+            h = self._protein_hidden_packed(ids, pos, prot)
+            if "protein_features" in want:
+                out["protein_features"] = F.normalize(self.protein_proj(self._pool_protein_packed(h, ids, prot)),
+                                                      dim=-1)
+            if "pda_tokens" in want:
+                out["pda_tokens"] = self.protein_proj(h[0])
+                out["pda_token_mask"] = (torch.ones_like(ids[0], dtype=torch.bool) if self.released
+                                         else residue_mask(ids, torch.ones_like(ids))[0])
+                out["pda_cu_seqlens"] = batch["protein_cu_seqlens"]
+        if "text" in passes:
+            text = PackedSeqs.from_cu_seqlens(batch["text_cu_seqlens"])
+            g = self._text_hidden_packed(batch["text_input_ids"], batch["text_position_ids"], text)
+            if "text_features" in want:
+                out["text_features"] = F.normalize(self.text_proj(segment_mean(g[0], text)), dim=-1)
+        if "mlm" in passes:
+            h_mlm = self._protein_hidden_packed(batch["mlm_input_ids"], pos, prot, "mlm")
+            sel = batch["mlm_labels"] != IGNORE_INDEX
+            out["mlm_logits"] = self.mlm_head(h_mlm[sel])
+            out["mlm_labels"] = batch["mlm_labels"][sel]
+        if "span" in passes:
+            if g is None or text is None:
+                raise ValueError("the span pass fuses the text pass's tokens: an objective needing it needs 'text'")
+            with torch.no_grad() if self.released else contextlib.nullcontext():
+                h_span = self._protein_hidden_packed(batch["span_input_ids"], pos, prot, "span")
+                fused = self.decoder.forward_packed(self.protein_proj(h_span[0]), self.text_proj(g[0]),
+                                                    prot.seqlens, text.seqlens)
+            sel = batch["span_labels"][0] != IGNORE_INDEX
+            out["bsr_logits"] = self.bsr_head(fused[sel])
+            out["bsr_labels"] = batch["span_labels"][0][sel]
+        if "subtexts" in passes:
+            sub = PackedSeqs.from_cu_seqlens(batch["subtext_cu_seqlens"])
+            n = len(prot.seqlens)
+            if len(sub.seqlens) % n:
+                raise ValueError(f"packed batch: {len(sub.seqlens)} sub-texts for {n} proteins")
+            with _pass_rng("pda"):
+                with torch.no_grad():
+                    g_sub = packed_hidden(self.text_tower, batch["subtext_input_ids"], batch["subtext_position_ids"],
+                                          sub)
+                    u = self.text_proj(segment_mean(g_sub[0], sub)).reshape(n, len(sub.seqlens) // n, -1)
+                out["pda_queries"] = self.prototypes(u)
+        return out
 
     def _property_queries(self, sub_ids: torch.Tensor, sub_am: torch.Tensor) -> torch.Tensor:
         """Prototype-quantised property embeddings ``[B, K, D]``; grad reaches only the prototypes."""

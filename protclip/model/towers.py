@@ -12,7 +12,7 @@ import logging
 from transformers import BertConfig, BertModel, EsmConfig, EsmModel
 
 from protclip.data.tokenizers import ESM_MASK, ESM_PAD, ESM_VOCAB, load_text_tokenizer, text_tokenizer_dir
-from protclip.model.attention import register_backends, resolve_backend
+from protclip.model.attention import PACKED_AWARE, register_backends, resolve_backend
 from protclip.model.config import ModelConfig, RandomTowerConfig
 from protclip.sources import RANDOM, resolve_source
 
@@ -94,5 +94,6 @@ def build_text_tower(cfg: ModelConfig, attn_implementation: str | None = None) -
 
 
 def _impl(cfg: ModelConfig, attn_implementation: str | None) -> str:
+    """The packed-aware wrapper of the configured backend (transformers' own function on padded batches)."""
     register_backends()
-    return resolve_backend(attn_implementation or cfg.attention)
+    return PACKED_AWARE[resolve_backend(attn_implementation or cfg.attention)]

@@ -1,7 +1,9 @@
 """Throughput, padding, data-wait and MFU accounting between two log steps (torchtitan ``docs/metrics.md``).
 
-``pairs/s`` and ``tokens/s`` are global (all ranks); tokens are the real (non-padding) protein and text tokens
-fed to the towers per pair (full text; sub-texts are counted in FLOPs, not in tokens/s). ``data_wait_share`` is
+``pairs/s`` and ``tokens/s`` are global (all ranks); tokens are the real (non-padding, "unpadded") protein and
+text tokens fed to the towers per pair (full text; sub-texts are counted in FLOPs, not in tokens/s);
+``tokens_per_s_per_device`` divides them by the ranks, ``padded_tokens_per_s`` counts every token slot the
+towers computed (padding included; equal to tokens/s for packed batches). ``data_wait_share`` is
 the share of step time spent waiting for the next micro-batch; ``padding_share`` the share of padded protein
 and text token slots. MFU follows :mod:`protclip.train.flops` and is absent where the device peak is unknown.
 """
@@ -12,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from protclip.data.collate import batch_rows, is_packed
 from protclip.dist import sum_over_ranks
 from protclip.model.losses.registry import needed_passes
 from protclip.train.flops import mfu, pass_flops, tower_shape
@@ -31,18 +34,26 @@ def step_flops_fn(model: torch.nn.Module, cfg) -> Callable[[Sequence[dict[str, t
     def flops(mbs: Sequence[dict[str, torch.Tensor]]) -> float:
         total = 0.0
         for mb in mbs:
-            plen = mb["protein_attention_mask"].sum(1).tolist()
+            plen = _lengths(mb, "protein")
             total += protein_grad * pass_flops(p_shape, plen, with_grad=True)
             total += protein_nograd * pass_flops(p_shape, plen, with_grad=False)
             if text_full:
-                tlen = mb["text_attention_mask"].sum(1).tolist()
+                tlen = _lengths(mb, "text")
                 total += pass_flops(t_shape, tlen, with_grad=not frozen_text)
             if subtexts:
-                slen = mb["subtext_attention_mask"].sum(-1).reshape(-1).tolist()
+                slen = _lengths(mb, "subtext")
                 total += pass_flops(t_shape, slen, with_grad=False)
         return total
 
     return flops
+
+
+def _lengths(mb: dict[str, torch.Tensor], group: str) -> list[int]:
+    """Real length of every sequence of ``group`` (protein, text, subtext): from the boundaries of a packed
+    batch (its mask is one row of ones), else from the padded attention mask."""
+    if is_packed(mb):
+        return torch.diff(mb[f"{group}_cu_seqlens"]).tolist()
+    return mb[f"{group}_attention_mask"].sum(-1).reshape(-1).tolist()
 
 
 class StepMeter:
@@ -64,7 +75,7 @@ class StepMeter:
         a["t_data"] += t_data
         a["flops"] += flops
         for mb in mbs:
-            a["rows"] += mb["protein_input_ids"].shape[0]
+            a["rows"] += batch_rows(mb)
             for key in ("protein_attention_mask", "text_attention_mask"):
                 if key in mb:
                     a["real"] += float(mb[key].sum())
@@ -80,6 +91,8 @@ class StepMeter:
             "perf/step_time_s": wall / (s["steps"] / self.world),
             "perf/pairs_per_s": s["rows"] / wall,
             "perf/tokens_per_s": s["real"] / wall,
+            "perf/tokens_per_s_per_device": s["real"] / wall / self.world,
+            "perf/padded_tokens_per_s": s["slots"] / wall,
             "perf/data_wait_share": s["t_data"] / s["t_step"],
             "perf/padding_share": 1.0 - s["real"] / s["slots"] if s["slots"] else 0.0,
             "perf/mfu": mfu(s["flops"], wall, self.world, self.peak),

@@ -17,8 +17,10 @@ With ``A > 1`` and GC on:
 4. the learnable GC ``logit_scale`` enters the full-batch loss of every pass, so only the first pass lets its
    gradient through (otherwise it would be counted ``A`` times, as in open_clip's ``--accum-freq``).
 
-The result equals the un-accumulated step on the same rows (tested: 2 x 4 == 1 x 8, loss and parameters). Each
-rank's micro-batches must have equal row counts (all-gather of equal shards; the pipeline drops partial batches).
+The result equals the un-accumulated step on the same rows (tested: 2 x 4 == 1 x 8, loss and parameters).
+Packed (token-budget) micro-batches hold varying numbers of pairs: the cache is laid out by each micro-batch's
+row offsets, and ranks with different accumulated row counts are gathered padded and weighted by their share of
+the pairs (:func:`protclip.model.losses.contrastive.gathered_from_ranks`).
 
 RNG: a step takes one draw from the global CPU generator (:func:`draw_step_seed`), and micro-batch ``a`` runs
 both its passes under ``seeded_passes(micro_batch_seed(step_seed, a))``, where each model pass (clean protein,
@@ -36,9 +38,10 @@ from dataclasses import dataclass
 
 import torch
 
+from protclip.data.collate import batch_rows, is_packed
 from protclip.data.masking import IGNORE_INDEX
 from protclip.dist import derive_seed, world
-from protclip.model.losses.contrastive import GatheredFeatures, all_gather_with_grad
+from protclip.model.losses.contrastive import GatheredFeatures, gather_counts, gathered_from_ranks
 from protclip.model.losses.registry import Objective, enabled_objectives
 from protclip.model.losses.total import ProtCLIPLoss, loss_weights
 from protclip.model.protclip import seeded_passes
@@ -69,29 +72,40 @@ def _shares(micro_batches: Sequence[dict[str, torch.Tensor]], objective: Objecti
     if objective.share == "tokens":
         counts = [float((mb[objective.share_labels] != IGNORE_INDEX).sum()) for mb in micro_batches]
     else:
-        counts = [float(mb["protein_input_ids"].shape[0]) for mb in micro_batches]
+        counts = [float(batch_rows(mb)) for mb in micro_batches]
     total = sum(counts)
     if total == 0:
         return [1.0 / len(micro_batches)] * len(micro_batches)
     return [c / total for c in counts]
 
 
-def _cache_gather(cache_p: torch.Tensor, cache_t: torch.Tensor, index: int, rows: int, rank: int, world: int
-                  ) -> Callable[[torch.Tensor, torch.Tensor], GatheredFeatures]:
-    """Gather for micro-batch ``index``: local accumulated rows with the live ones in place, global columns."""
+def _cache_gather(cache_p: torch.Tensor, cache_t: torch.Tensor, lo: int, hi: int, rank: int,
+                  counts: list[int]) -> Callable[[torch.Tensor, torch.Tensor], GatheredFeatures]:
+    """Gather for the micro-batch owning cache rows ``lo:hi``: local accumulated rows with the live ones in
+    place, global columns (``counts``: every rank's accumulated rows)."""
 
     def gather(protein: torch.Tensor, text: torch.Tensor) -> GatheredFeatures:
-        lo, hi = index * rows, (index + 1) * rows
-        if protein.shape[0] != rows:
-            raise ValueError(f"micro-batch {index} has {protein.shape[0]} rows, expected {rows} (all equal)")
+        if protein.shape[0] != hi - lo:
+            raise ValueError(f"micro-batch at cache rows {lo}:{hi} returned {protein.shape[0]} rows")
         p_rows = torch.cat([cache_p[:lo], protein.to(cache_p.dtype), cache_p[hi:]])
         t_rows = torch.cat([cache_t[:lo], text.to(cache_t.dtype), cache_t[hi:]])
-        if world == 1:
+        if len(counts) == 1:
             return GatheredFeatures(p_rows, t_rows, p_rows, t_rows, 0)
-        p_cols, t_cols = all_gather_with_grad(p_rows), all_gather_with_grad(t_rows)
-        return GatheredFeatures(p_rows, t_rows, p_cols, t_cols, rank * p_rows.shape[0])
+        return gathered_from_ranks(p_rows, t_rows, counts, rank)
 
     return gather
+
+
+def _encode(model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GC features of a micro-batch, padded or packed (the cache pass)."""
+    if is_packed(mb):
+        p = model.encode_protein(mb["protein_input_ids"], mb["protein_attention_mask"],
+                                 cu_seqlens=mb["protein_cu_seqlens"], position_ids=mb["protein_position_ids"])
+        t = model.encode_text(mb["text_input_ids"], mb["text_attention_mask"],
+                              cu_seqlens=mb["text_cu_seqlens"], position_ids=mb["text_position_ids"])
+        return p, t
+    return (model.encode_protein(mb["protein_input_ids"], mb["protein_attention_mask"]),
+            model.encode_text(mb["text_input_ids"], mb["text_attention_mask"]))
 
 
 def forward_backward(
@@ -118,23 +132,26 @@ def forward_backward(
     step_seed = draw_step_seed()
     seeds = [micro_batch_seed(step_seed, a) for a in range(n)]
     cache_p = cache_t = None
-    rows = int(micro_batches[0]["protein_input_ids"].shape[0])
+    sizes = [batch_rows(mb) for mb in micro_batches]
+    offsets = [sum(sizes[:a]) for a in range(n + 1)]
+    counts = [offsets[-1]]
     if use_cache:
         feats_p, feats_t = [], []
         with torch.no_grad(), ctx:
             for mb, seed in zip(micro_batches, seeds, strict=True):
                 with seeded_passes(seed):
-                    p = model.encode_protein(mb["protein_input_ids"], mb["protein_attention_mask"])
-                    t = model.encode_text(mb["text_input_ids"], mb["text_attention_mask"])
+                    p, t = _encode(model, mb)
                 feats_p.append(p.float())
                 feats_t.append(t.float())
-        if any(f.shape[0] != rows for f in feats_p):
-            raise ValueError(f"micro-batches of one step must have equal sizes, got {[f.shape[0] for f in feats_p]}")
+        if [f.shape[0] for f in feats_p] != sizes:
+            raise ValueError(f"GC cache: feature rows {[f.shape[0] for f in feats_p]} != micro-batch rows {sizes}")
         cache_p, cache_t = torch.cat(feats_p), torch.cat(feats_t)
+        if n_ranks > 1:
+            counts = gather_counts(offsets[-1], cache_p.device)
 
     acc: dict[str, float] = {}
     for a, mb in enumerate(micro_batches):
-        gather = _cache_gather(cache_p, cache_t, a, rows, rank, n_ranks) if use_cache else None
+        gather = _cache_gather(cache_p, cache_t, offsets[a], offsets[a + 1], rank, counts) if use_cache else None
         with ctx, seeded_passes(seeds[a]):
             out = model(mb)
             if use_cache and a > 0:
@@ -152,7 +169,7 @@ def forward_backward(
 
     values = dict(acc)
     values["loss"] = sum(weights[k] * values[k] for k in weights)
-    return StepTerms(values=values, rows=rows * n)
+    return StepTerms(values=values, rows=offsets[-1])
 
 
 def _accumulate(acc: dict[str, float], terms: dict[str, torch.Tensor], shares: dict[str, list[float]],

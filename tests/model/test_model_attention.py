@@ -124,4 +124,5 @@ def test_backend_resolution_and_config_isolation():
     a = build_protein_tower(cfg)
     b = build_protein_tower(cfg, attn_implementation="xformers")
     assert a.config is not b.config  # stack.md pitfall 3: one shared config would switch both
-    assert (a.config._attn_implementation, b.config._attn_implementation) == ("eager", "xformers")
+    # the towers get the packed-aware wrappers (transformers' own function on padded batches)
+    assert (a.config._attn_implementation, b.config._attn_implementation) == ("protclip_eager", "xformers")

@@ -1,4 +1,6 @@
-"""GC across ranks: 2 gloo ranks x 4 samples == 1 process x 8 samples (loss and gradients).
+"""GC across ranks: 2 gloo ranks x 4 samples == 1 process x 8 samples (loss and gradients), and the same with
+ranks of unequal sizes (3 + 5 pairs, as packed token-budget micro-batches give): the padded gather and the
+per-rank share weight keep the ranks' average equal to the one-process loss.
 
 The "towers" here are linear maps so the spawned ranks import only torch and the loss module (seconds, not
 the transformers stack); the model-level wiring of the same loss is covered in test_model_gradients.py.
@@ -10,6 +12,7 @@ import math
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -39,7 +42,7 @@ def global_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(WORLD * LOCAL, DIM_IN, generator=g), torch.randn(WORLD * LOCAL, DIM_IN, generator=g)
 
 
-def _worker(rank: int, store_path: str, out_dir: str) -> None:
+def _worker(rank: int, store_path: str, out_dir: str, split: tuple[int, int] = (LOCAL, LOCAL)) -> None:
     # FileStore rendezvous (torch's TCPStore would listen on all interfaces); gloo pairs on loopback only
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)  # 2 ranks on a shared CPU: intra-op threads would only oversubscribe it
@@ -47,7 +50,7 @@ def _worker(rank: int, store_path: str, out_dir: str) -> None:
     try:
         model = LinearTowers()
         x, y = global_inputs()
-        rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
+        rows = slice(sum(split[:rank]), sum(split[: rank + 1]))
         loss = model(x[rows], y[rows])
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -68,8 +71,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_gc_two_ranks_equals_one_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "pg_store"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("split", [(LOCAL, LOCAL), (3, 5)], ids=["equal", "unequal"])
+def test_gc_two_ranks_equals_one_process(tmp_path, split):
+    mp.spawn(_worker, args=(str(tmp_path / "pg_store"), str(tmp_path), split), nprocs=WORLD, join=True)
     got = torch.load(tmp_path / "dist.pt", weights_only=True)
 
     model = LinearTowers()

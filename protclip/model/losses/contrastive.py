@@ -5,6 +5,12 @@ Averaging the per-rank losses (as DDP/FSDP average gradients) gives the loss ove
 autograd all-gather sends each column's gradient back to the rank that owns it, so gradients match a single
 process holding the whole batch (tested on 2 gloo ranks).
 
+Ranks may hold different numbers of pairs (packed, token-budget micro-batches): the row counts are gathered
+first, each rank pads its rows to the largest count for the all-gather, and the padding rows are dropped from
+the columns before scoring. Each rank's mean is then weighted by ``world * n_rank / n_total`` (``row_weight``),
+so the ranks' average (what DDP/FSDP do to gradients) is the mean over all pairs: 1 process == N ranks still.
+With equal counts the weight is exactly 1 and the gather is the plain one (same numbers as before).
+
 The gather is injectable: gradient-cache accumulation passes a function that returns the rows of all local
 micro-batches (cached, no grad, with the live one in place) and the columns of the whole accumulated global batch.
 """
@@ -28,6 +34,7 @@ class GatheredFeatures:
     protein_cols: torch.Tensor
     text_cols: torch.Tensor
     row_offset: int
+    row_weight: float = 1.0  # world * local rows / global rows: makes the mean over ranks the mean over pairs
 
 
 GatherFn = Callable[[torch.Tensor, torch.Tensor], GatheredFeatures]
@@ -43,12 +50,40 @@ def all_gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None
     return all_gather_single_autograd(x.contiguous(), gather_dim=0, group=group or dist.group.WORLD)
 
 
+def gather_counts(n: int, device: torch.device, group: dist.ProcessGroup | None = None) -> list[int]:
+    """Every rank's row count (one small all-gather)."""
+    mine = torch.tensor([n], dtype=torch.int64, device=device)
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, mine, group=group)
+    return [int(c) for c in out]
+
+
+def all_gather_varying(x: torch.Tensor, counts: list[int], group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """:func:`all_gather_with_grad` for ranks holding ``counts[r]`` rows each: pad to the largest count, gather,
+    keep the real rows (in rank order). Equal counts take the plain gather."""
+    if len(set(counts)) == 1:
+        return all_gather_with_grad(x, group)
+    most = max(counts)
+    padded = torch.cat([x, x.new_zeros(most - x.shape[0], *x.shape[1:])]) if x.shape[0] < most else x
+    gathered = all_gather_with_grad(padded, group)
+    keep = torch.cat([torch.arange(r * most, r * most + c, device=x.device) for r, c in enumerate(counts)])
+    return gathered.index_select(0, keep)
+
+
+def gathered_from_ranks(p_rows: torch.Tensor, t_rows: torch.Tensor, counts: list[int], rank: int,
+                        group: dist.ProcessGroup | None = None) -> GatheredFeatures:
+    """Local rows against the columns of every rank (``counts``: every rank's row count, this one's included)."""
+    p_cols, t_cols = all_gather_varying(p_rows, counts, group), all_gather_varying(t_rows, counts, group)
+    weight = len(counts) * counts[rank] / sum(counts) if len(set(counts)) > 1 else 1.0
+    return GatheredFeatures(p_rows, t_rows, p_cols, t_cols, sum(counts[:rank]), weight)
+
+
 def gather_all_ranks(protein: torch.Tensor, text: torch.Tensor, group=None) -> GatheredFeatures:
     """Default gather: local rows, all-rank columns; no gather when not distributed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return GatheredFeatures(protein, text, protein, text, 0)
-    p_all, t_all = all_gather_with_grad(protein, group), all_gather_with_grad(text, group)
-    return GatheredFeatures(protein, text, p_all, t_all, dist.get_rank(group) * protein.shape[0])
+    counts = gather_counts(protein.shape[0], protein.device, group)
+    return gathered_from_ranks(protein, text, counts, dist.get_rank(group), group)
 
 
 def global_contrastive_loss(
@@ -68,6 +103,8 @@ def global_contrastive_loss(
         logits_tp = scale * g.text_rows.float() @ g.protein_cols.float().t()
     labels = torch.arange(logits_pt.shape[0], device=protein.device) + g.row_offset
     loss = (F.cross_entropy(logits_pt, labels) + F.cross_entropy(logits_tp, labels)) / 2
+    if g.row_weight != 1.0:  # ranks of unequal sizes: weight this rank's mean by its share of the pairs
+        loss = loss * g.row_weight
     with torch.no_grad():
         acc = (
             (logits_pt.argmax(-1) == labels).float().mean() + (logits_tp.argmax(-1) == labels).float().mean()

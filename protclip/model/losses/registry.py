@@ -31,7 +31,7 @@ PASSES = ("protein", "text", "mlm", "span", "subtexts")
 #: The features ``ProtCLIPModel.forward`` can return; the two scales are always there.
 FEATURES = (
     "logit_scale", "local_logit_scale", "protein_features", "text_features", "mlm_logits", "mlm_labels",
-    "bsr_logits", "bsr_labels", "pda_tokens", "pda_token_mask", "pda_queries",
+    "bsr_logits", "bsr_labels", "pda_tokens", "pda_token_mask", "pda_queries", "pda_cu_seqlens",
 )  # fmt: skip
 
 
@@ -111,6 +111,7 @@ def _pda(out: dict[str, torch.Tensor], ctx: LossContext) -> dict[str, torch.Tens
     return pda_loss(
         out["pda_tokens"], out["pda_token_mask"], out["pda_queries"], out["local_logit_scale"],
         threshold=ctx.model_cfg.pda_threshold, symmetric=ctx.model_cfg.mode == "paper",
+        cu_seqlens=out.get("pda_cu_seqlens"),  # present on packed batches (tokens [T, D])
     )  # fmt: skip
 
 
