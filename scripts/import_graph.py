@@ -22,7 +22,9 @@ LAYERS = {
     "ray_session": 4,
     "eval": 5,
     "finetune": 5,
-    "recipes": 6,
+    "search": 6,
+    "recipes": 7,
+    "__main__": 8,
 }
 
 
