@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pre-train ProtCLIP with Ray Train (FSDP2 workers), Ray Data sampling and MLflow tracking.
 
-    python jobs/pretrain.py --config jobs/configs/demo.yaml [--train.max_steps 50 --storage.name try1 ...]
+    python jobs/pretrain.py --config jobs/configs/tiny.yaml [--train.max_steps 50 --storage.name try1 ...]
     ray job submit --runtime-env cluster/runtime_env.yaml -- python jobs/pretrain.py --config jobs/configs/paper.yaml
 
 Any config field can be overridden with a dotted flag. Starting the job again with the same storage.name and

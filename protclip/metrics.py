@@ -15,6 +15,22 @@ from sklearn.metrics import average_precision_score, f1_score
 # ---------------------------------------------------------------- retrieval
 
 
+def symmetric_infonce(sim: np.ndarray, logit_scale: float) -> float:
+    """CLIP's symmetric InfoNCE over paired rows/columns of a square cosine matrix (pair i matches column i):
+    the mean of the protein->text and text->protein cross-entropies of ``logit_scale * sim``. Chance = ln N."""
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1] or sim.size == 0:
+        raise ValueError(f"sim must be a non-empty square matrix, got shape {sim.shape}")
+    logits = logit_scale * sim
+
+    def ce(x: np.ndarray) -> float:
+        top = x.max(1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(x - top).sum(1))
+        return float(np.mean(lse - np.diag(x)))
+
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
 def retrieval_metrics(
     sim: np.ndarray, positives: np.ndarray | None = None, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:

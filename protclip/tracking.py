@@ -100,6 +100,11 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def mlflow_client(uri: str | None = None):
+    """An ``MlflowClient`` on ``uri`` as :func:`resolve_tracking_uri` resolves it (read back a run's metrics)."""
+    return _client(resolve_tracking_uri(uri))
+
+
 def _truncate(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 

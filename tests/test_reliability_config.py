@@ -96,7 +96,7 @@ def data_bucket(s3_bucket, s3_server):
 
 
 def _storage_args(bucket: str, run_bucket: str | None = None) -> list[str]:
-    return ["--config", "jobs/configs/demo.yaml", "--data.uri", f"s3://{bucket}/protanno",
+    return ["--config", "jobs/configs/tiny.yaml", "--data.uri", f"s3://{bucket}/protanno",
             "--storage.storage_path", f"s3://{run_bucket or bucket}/runs", "--storage.access_key_id", "testing",
             "--storage.secret_access_key", PLANTED]
 

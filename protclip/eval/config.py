@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from protclip.paths import SHARED_PREFIX, resolve_shared
 from protclip.storage import StorageConfig
 from protclip.tracking import TrackingConfig
 
@@ -31,7 +32,6 @@ PATH_KEYS = ("path", "test_path", "wt_fasta", "go_obo", "sequences_path")
 #: suites that compare proteins with texts, so protein embeddings must be in the joint (projected) space
 JOINT_SPACE_SUITES = ("retrieval", "zero_shot")
 #: prefix of suite data paths under the shared data folder (``protclip.paths.shared_data_dir()``)
-SHARED_PREFIX = "shared:"
 _NAME = re.compile(r"[a-z0-9_]+")
 
 
@@ -39,9 +39,7 @@ def resolve_data_path(value: str) -> str:
     """``shared:benchmarks/x.fasta`` -> under the shared data folder; relative paths -> absolute (driver cwd);
     URIs (``s3://``) unchanged."""
     if value.startswith(SHARED_PREFIX):
-        from protclip.paths import shared_data_dir
-
-        return str(shared_data_dir() / value[len(SHARED_PREFIX) :].lstrip("/"))
+        return resolve_shared(value)
     if "://" in value:
         return value
     return os.path.abspath(os.path.expanduser(value))
@@ -135,6 +133,9 @@ class EvalScheduleConfig:
     # waiting one (the replaced round is skipped and counted in eval/skipped_rounds): evals never pile up
     max_in_flight: int = 1
     eval_final: bool = True  # also evaluate the job's last checkpoint when training ends, even if not due
+    # also evaluate the untrained model: a fresh run then checkpoints step 0 before its first update (the
+    # "before" column of a before/after comparison, measured by the same suites)
+    at_start: bool = False
     poll_interval_s: float = 10.0  # how often the driver looks for new checkpoints and finished tasks
     drain_timeout_s: float = 900.0  # after training, wait at most this long for running evals (then give up)
 

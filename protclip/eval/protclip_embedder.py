@@ -92,6 +92,11 @@ class ProtCLIPEmbedder:
         other.protein_space = protein_space
         return other
 
+    @property
+    def logit_scale(self) -> float:
+        """The model's GC scale 1/temperature (clamped as in training): scores the GC loss of eval pairs."""
+        return float(self.model.scales()[0].detach())
+
     # ---- what finetune_head(mode="partial") needs: the protein tower as an HF model
     @property
     def base(self) -> nn.Module:

@@ -321,7 +321,8 @@ class EvalScheduler:
             if step in self._handled_steps:
                 return "duplicate"
             bucket = step // self.cfg.every_steps
-            if not force and bucket <= self._last_bucket:
+            start = step == 0 and self.cfg.at_start
+            if not force and not start and bucket <= self._last_bucket:
                 return "not_due"
             self._last_bucket = max(self._last_bucket, bucket)
             self._handled_steps.add(step)

@@ -9,10 +9,11 @@ the same job. The MLflow run is reopened by the same key, so its history continu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protclip import runtime, storage  # runtime first: loopback binding before ray loads
 from protclip.cli import setup_logging
@@ -20,6 +21,9 @@ from protclip.config import cli_config
 from protclip.eval.config import EvalScheduleConfig
 from protclip.recipes.ray_storage import ray_storage
 from protclip.train.config import TrainRunConfig
+
+if TYPE_CHECKING:
+    from protclip.console import Console
 
 _log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ SCORE_ATTRIBUTE = "val/loss"
 class PretrainConfig(TrainRunConfig):
     """Root of ``jobs/pretrain.py``'s config: the training run plus its periodic downstream evals.
 
-    One YAML file describes a run (``jobs/configs/demo.yaml``, ``jobs/configs/paper.yaml``); any field is
+    One YAML file describes a run (``jobs/configs/tiny.yaml``, ``jobs/configs/paper.yaml``); any field is
     overridable from the command line (``--train.lr 2e-5``).
     """
 
@@ -55,17 +59,24 @@ def preflight(cfg: PretrainConfig) -> None:
     storage.check_access(cfg.storage.storage_path, access, write=True)
 
 
+def evals_at_start(cfg: PretrainConfig) -> bool:
+    """The run checkpoints step 0 for a "before" evaluation round (``eval.at_start`` with evals enabled)."""
+    return cfg.eval.enabled and cfg.eval.at_start and cfg.tracking.enabled
+
+
 def _start_epoch(cfg: PretrainConfig, state: dict[str, Any] | None) -> int:
     if not state:
         return 0
     return min(int(state.get("epoch", 0)), cfg.data.num_epochs - 1)
 
 
-def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> PretrainResult:
+def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None, console: Console | None = None
+                 ) -> PretrainResult:
     """Check storage, then build the datasets, open the MLflow run, train with Ray Train, close the run.
 
     Joins or starts Ray (``runtime.init_ray``, a no-op when the caller already did) only after the storage
-    preflight, so a wrong bucket or credentials is one line and exit 3, not minutes later.
+    preflight, so a wrong bucket or credentials is one line and exit 3, not minutes later. With a ``console``,
+    a progress line per logged step (read back from the MLflow run) and one per finished eval round go to it.
     """
     preflight(cfg)
     runtime.init_ray()
@@ -108,7 +119,8 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     val_ds = data.val.materialize() if has_val else None
     export_uri = storage.join(uri, "export") if tc.export else None
     loop = LoopConfig(total_steps=total, start_epoch=start_epoch, run_id=run_id, tracking_uri=tracking_uri,
-                      export_uri=export_uri, score_attribute=SCORE_ATTRIBUTE if has_val else None)
+                      export_uri=export_uri, score_attribute=SCORE_ATTRIBUTE if has_val else None,
+                      checkpoint_at_start=bool(evals_at_start(cfg)))
     storage_path, storage_fs = ray_storage(cfg.storage.storage_path, access)
     datasets = {"train": data.train} | ({"val": val_ds} if has_val else {})
     trainer = TorchTrainer(
@@ -136,8 +148,18 @@ def run_pretrain(cfg: PretrainConfig, tags: dict[str, str] | None = None) -> Pre
     evals = EvalScheduler.for_pretrain(cfg, run_id, tracking_uri)
     if evals:
         evals.start()
+    progress = contextlib.nullcontext()
+    if console is not None and run_id:
+        from protclip.console import ProgressMonitor
+        from protclip.tracking import mlflow_client
+
+        progress = ProgressMonitor(mlflow_client(tracking_uri), run_id, total, console)
     try:
-        result = trainer.fit()
+        with progress:
+            result = trainer.fit()
+            if evals:
+                evals.close()
+                evals = None
     except BaseException:
         if logger:
             logger.finish("FAILED")
@@ -170,7 +192,7 @@ def main(argv: list[str]) -> int:
     """Pre-train ProtCLIP.
 
     usage: python jobs/pretrain.py --config FILE [--section.key value ...]
-    (see jobs/configs/demo.yaml for every section; exit 2 = config error, 3 = storage error)
+    (see jobs/configs/tiny.yaml for every section; exit 2 = config error, 3 = storage error)
     """
     setup_logging()
     cfg = cli_config(PretrainConfig, argv)

@@ -68,6 +68,9 @@ class LoopConfig:
     tracking_uri: str | None = None
     export_uri: str | None = None  # where rank 0 copies the exported towers (storage_path/name/export)
     score_attribute: str | None = None  # metric of the best checkpoint (val/loss) when validation runs
+    # validate and checkpoint the untrained model as step 0 before the first update of a fresh run, so "before
+    # pre-training" is measured by the same validation and eval tasks as every later step
+    checkpoint_at_start: bool = False
 
 
 def total_steps_for(cfg: TrainRunConfig, micro_batches_per_rank: int) -> int:
@@ -127,6 +130,12 @@ def train_worker(cfg: TrainRunConfig, session: Session, lc: LoopConfig) -> Train
     batches = session.train_batches(_skip_count(state, lc.start_epoch))
     meter = StepMeter(peak=peak_flops(device), world=world)
     consecutive_skips, last_ckpt_step, last_metrics = 0, state.step if state.step else -1, {}
+    if lc.checkpoint_at_start and state.step == 0:
+        val_metrics = _run_validation(model, loss_fn, session, tc.val_max_batches, device) if tc.val_every else {}
+        logger.log_metrics(val_metrics, step=0)
+        model.train()
+        _checkpoint(model, opt, sched, state, session, lc, val_metrics, {}, attempt[0])
+        last_ckpt_step = 0
 
     while state.step < stop:
         maybe_inject(state.step, rank)  # reliability tests only (inert unless PROTCLIP_FAULT_AT_STEP)

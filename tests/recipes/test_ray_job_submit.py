@@ -63,7 +63,7 @@ def test_ray_job_submit_runs_the_main_job(tmp_path):
     entry = (
         f"{py} jobs/build_protanno.py --config jobs/configs/build_samples.yaml "
         f"--build.inputs '[{uniprot_samples_dat()}]' --build.output {protanno} && "
-        f"{py} jobs/pretrain.py --config jobs/configs/demo.yaml --data.uri {protanno} "
+        f"{py} jobs/pretrain.py --config jobs/configs/tiny.yaml --data.uri {protanno} "
         f"--storage.storage_path {tmp_path / 'runs'} --storage.name submitted --tracking.uri {db} "
         f"--train.max_steps 4 --train.ckpt_every 2 --train.val_every 4 --train.warmup_steps 1 --eval.every_steps 0"
     )

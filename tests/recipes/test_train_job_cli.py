@@ -22,18 +22,18 @@ def test_help():
 
 
 def test_config_errors_exit_2_with_one_line(tmp_path):
-    r = _run("--config", "jobs/configs/demo.yaml", "--train.lr_rate", "1")
+    r = _run("--config", "jobs/configs/tiny.yaml", "--train.lr_rate", "1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("config error:") and "did you mean" in r.stderr
     assert "Traceback" not in r.stderr
     r = _run("--config", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
-    r = _run("--config", "jobs/configs/demo.yaml", "--train.accum_steps", "0")
+    r = _run("--config", "jobs/configs/tiny.yaml", "--train.accum_steps", "0")
     assert r.returncode == 2 and "accum_steps" in r.stderr
 
 
 def test_storage_error_exit_3(tmp_path):
-    r = _run("--config", "jobs/configs/demo.yaml", "--data.uri", str(tmp_path / "no_such_protanno"),
+    r = _run("--config", "jobs/configs/tiny.yaml", "--data.uri", str(tmp_path / "no_such_protanno"),
              "--storage.storage_path", str(tmp_path / "runs"))
     assert r.returncode == 3, r.stderr[-2000:]
     assert "storage error:" in r.stderr and "no_such_protanno" in r.stderr and "Traceback" not in r.stderr

@@ -15,7 +15,8 @@ from protclip.data.formats import TASK_TYPES, LabeledSequences, read_labeled
 from protclip.data.splits import split_by_hash, subsample_by_hash
 from protclip.eval.embedder import Embedder
 
-DATA_FORMATS = ("auto", "deeploc", "fasta", "csv", "tsv", "parquet")
+DATA_FORMATS = ("auto", "deeploc", "fasta", "csv", "tsv", "parquet", "protanno")
+PROTANNO_LABELS = ("location",)
 SPLIT_MODES = ("hash", "column", "files")
 
 
@@ -71,6 +72,10 @@ class LabeledDataFields:
     deeploc_label: str = "location"  # deeploc format: "location" (10 classes) or "membrane" (M/S, U dropped)
     go_obo: str | None = None  # multi-label GO terms: propagate labels to ancestors with this ontology
     on_error: str = "raise"  # malformed records: "raise" or "skip" (skipped ones are reported in info)
+    # format "protanno": path is a ProtAnno folder/URI, the label is derived from its rows (PROTANNO_LABELS:
+    # "location" = DeepLoc class of the SUBCELLULAR LOCATION text), restricted to one held-out split
+    protanno_label: str = "location"
+    protanno_split: str | None = None  # "test" | "val" | "train" of the build's holdout; None = all rows
 
 
 @dataclass(kw_only=True)
@@ -97,6 +102,8 @@ def check_labeled_data(cfg: LabeledDataFields) -> None:
     require(cfg.on_error in ("raise", "skip"), f"on_error must be 'raise' or 'skip', got {cfg.on_error!r}")
     require(cfg.go_obo is None or cfg.task_type == "multi_label", "go_obo needs task_type multi_label")
     require(bool(cfg.label_sep), "label_sep must not be empty")
+    require(cfg.protanno_label in PROTANNO_LABELS, f"protanno_label must be one of {PROTANNO_LABELS}")
+    require(cfg.format != "protanno" or cfg.task_type == "single_label", "format protanno is single-label")
 
 
 def check_split(cfg: SplitFields) -> None:
@@ -124,6 +131,9 @@ def load_labeled(cfg: LabeledDataFields, path: str | None = None) -> LabeledSequ
     ``cfg`` is a suite config: :class:`LabeledDataFields` plus :class:`SuiteConfig`'s ``seed`` and
     ``max_examples`` (and :class:`SplitFields` when it splits by a column)."""
     path = path or cfg.path
+    if cfg.format == "protanno":
+        data = _protanno_labeled(path, cfg.protanno_split)
+        return _subsample(cfg, data, path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{type(cfg).__name__}: data file {path} does not exist")
     table_kwargs: dict[str, Any] = {"on_error": cfg.on_error, "label_sep": cfg.label_sep}
@@ -142,14 +152,28 @@ def load_labeled(cfg: LabeledDataFields, path: str | None = None) -> LabeledSequ
 
         terms = read_obo(cfg.go_obo)
         data.labels = [propagate(labs, terms) for labs in data.labels]
+    return _subsample(cfg, data, path)
+
+
+def _subsample(cfg: LabeledDataFields, data: LabeledSequences, path: str | Path) -> LabeledSequences:
     if len(data) == 0:
-        raise ValueError(f"{path}: no usable records ({len(data.errors)} malformed)")
-    if cfg.max_examples is not None and len(data) > cfg.max_examples:
-        keep = subsample_by_hash(data.ids, cfg.max_examples, cfg.seed)
+        raise ValueError(f"{path}: no usable records ({len(data.errors)} malformed, dropped: {data.dropped})")
+    if cfg.max_examples is not None and len(data) > cfg.max_examples:  # type: ignore[attr-defined]
+        keep = subsample_by_hash(data.ids, cfg.max_examples, cfg.seed)  # type: ignore[attr-defined]
         sub = data.subset(keep)
         sub.errors, sub.dropped = data.errors, data.dropped
         data = sub
     return data
+
+
+def _protanno_labeled(uri: str | Path, split: str | None) -> LabeledSequences:
+    """Location-labelled rows of a ProtAnno folder's held-out ``split`` (rows without one class are counted)."""
+    from protclip.data.formats.protanno import protanno_locations
+    from protclip.data.holdout import load_split_rows
+
+    t = load_split_rows(str(uri), split, ["accession", "sequence", "subcellular_location"])
+    return protanno_locations(t["accession"].to_pylist(), t["sequence"].to_pylist(),
+                              t["subcellular_location"].to_pylist(), f"{uri} ({split or 'all'} split)")
 
 
 def train_test(cfg: SplitFields) -> tuple[LabeledSequences, LabeledSequences, dict[str, Any]]:

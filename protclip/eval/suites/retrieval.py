@@ -21,6 +21,7 @@ import numpy as np
 from protclip import metrics as M
 from protclip.data.formats import FormatError, clean_sequence, read_table_frame
 from protclip.data.formats.core import iter_rows
+from protclip.data.holdout import load_split_rows
 from protclip.data.splits import subsample_by_hash
 from protclip.eval.embedder import Embedder
 from protclip.eval.suites import figures
@@ -29,7 +30,12 @@ from protclip.eval.suites.base import SuiteConfig, SuiteResult, clean_metrics, r
 
 @dataclass(kw_only=True)
 class RetrievalConfig(SuiteConfig):
-    path: str = ""  # held-out ProtAnno rows: Parquet (schema v1) or CSV/TSV with the columns below
+    # held-out ProtAnno rows: a ProtAnno build folder (local or s3://...), or one Parquet (schema v1) / CSV / TSV
+    # file with the columns below
+    path: str = ""
+    # with a ProtAnno folder: the build's held-out split to evaluate ("test" for final numbers, "val", "train");
+    # None = every row of the folder (or of the file)
+    split: str | None = None
     format: str = "auto"  # csv | tsv | parquet | auto (by extension)
     sequence_column: str = "sequence"
     text_column: str = "text"
@@ -44,14 +50,21 @@ class RetrievalConfig(SuiteConfig):
         require(self.format in ("auto", "csv", "tsv", "parquet"), f"bad format {self.format!r}")
         require(self.heatmap_size >= 1, f"heatmap_size must be >= 1, got {self.heatmap_size}")
         require(self.on_error in ("raise", "skip"), f"bad on_error {self.on_error!r}")
+        require(self.split in (None, "train", "val", "test"), f"bad split {self.split!r} (train, val, test or null)")
 
 
 def load_pairs(cfg: RetrievalConfig) -> tuple[list[str], list[str], list[str], list[str]]:
     """(ids, sequences, texts, errors) of the usable rows, subsampled to ``max_examples``."""
     path = Path(cfg.path)
-    if not path.is_file():
+    columns = (cfg.sequence_column, cfg.text_column, cfg.id_column)
+    fmt = cfg.format
+    if cfg.split is not None or "://" in cfg.path or path.is_dir():  # a ProtAnno folder (or prefix)
+        df = load_split_rows(cfg.path, cfg.split, list(dict.fromkeys(columns))).to_pandas()
+        fmt = "parquet"
+    elif not path.is_file():
         raise FileNotFoundError(f"RetrievalConfig: data file {path} does not exist")
-    df = read_table_frame(path, cfg.format, (cfg.sequence_column, cfg.text_column, cfg.id_column), True)
+    else:
+        df = read_table_frame(path, fmt, columns, True)
 
     def parse(where: str, row: dict[str, Any]) -> tuple[str, str, str]:
         seq = clean_sequence(row[cfg.sequence_column], path, where, cfg.sequence_column)
@@ -60,7 +73,7 @@ def load_pairs(cfg: RetrievalConfig) -> tuple[list[str], list[str], list[str], l
             raise FormatError(path, where, cfg.text_column, "empty text")
         return str(row[cfg.id_column]), seq, text.strip()
 
-    rows, _, errors = iter_rows(path, df, cfg.format, parse, cfg.on_error)
+    rows, _, errors = iter_rows(path, df, fmt, parse, cfg.on_error)
     if cfg.max_examples is not None:
         rows = [rows[i] for i in subsample_by_hash([r[0] for r in rows], cfg.max_examples, cfg.seed)]
     if len(rows) < 2:
@@ -85,6 +98,13 @@ def run(cfg: RetrievalConfig, embedder: Embedder) -> SuiteResult:
     pos = positives_matrix(seqs, texts)
     metrics = {f"p2t_{k}": v for k, v in M.retrieval_metrics(sim, pos).items()}
     metrics |= {f"t2p_{k}": v for k, v in M.retrieval_metrics(sim.T, pos.T).items()}
+    # chance level of this pool: a constant score matrix (ties broken at random) with the same positives;
+    # pos is symmetric, so one set serves both directions
+    metrics |= {f"chance_{k}": v for k, v in M.retrieval_metrics(np.zeros_like(sim), pos).items()}
+    scale = getattr(embedder, "logit_scale", None)
+    if scale is not None:  # the GC objective on these pairs at the model's own temperature; chance = ln N
+        metrics["gc_loss"] = M.symmetric_infonce(sim, float(scale))
+        metrics["gc_loss_chance"] = float(np.log(len(ids)))
     figs = {}
     if cfg.make_figures:
         k = min(cfg.heatmap_size, len(ids))

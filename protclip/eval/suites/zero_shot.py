@@ -108,6 +108,7 @@ def run(cfg: ZeroShotConfig, embedder: Embedder) -> SuiteResult:
     classes = list(dict.fromkeys(cfg.classes)) if cfg.classes else sorted(set(data.labels))
     keep = [i for i, y in enumerate(data.labels) if y in set(classes)]
     n_outside = len(data) - len(keep)
+    dropped = dict(data.dropped)
     data = data.subset(keep)
     if len(data) == 0:
         raise ValueError(f"{cfg.path}: no rows with a label among {classes}")
@@ -125,5 +126,6 @@ def run(cfg: ZeroShotConfig, embedder: Embedder) -> SuiteResult:
     figs = {}
     if cfg.make_figures:
         figs["confusion"] = figures.confusion(data.labels, y_pred, classes, "zero-shot: confusion")
-    info = {"n_classes": len(classes), "n_label_outside_classes": n_outside, "prompts": prompts}
+    info = {"n_classes": len(classes), "n_label_outside_classes": n_outside, "dropped": dropped,
+            "prompts": prompts}
     return SuiteResult(clean_metrics(metrics), figs, len(data), info)
