@@ -247,7 +247,7 @@ def main() -> None:
         f"| **ratio pipeline (whole epoch) / worker** | **{ratio:.1f}x** (target >= 10x) |",
         f"| ratio pipeline (after first micro-batch) / worker | {ratio_steady:.1f}x |",
         "",
-        "Notes: the machine's 2 cores are shared with other developers' jobs (load averages above), so absolute "
+        "Notes: other processes also ran on the machine's 2 cores (load averages above), so absolute "
         "rates are noisy; producer and consumer ran one after the other on the same cores, so their ratio is the "
         "more stable number. Output arrives in blocks of one shuffle buffer (here "
         f"{data_cfg.window_rows // data_cfg.micro_batch_size} micro-batches), so the rate after the first "

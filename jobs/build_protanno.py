@@ -7,9 +7,7 @@
 
 import sys
 
-import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main
-from protclip.recipes.build_protanno import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.build_protanno", doc=__doc__))

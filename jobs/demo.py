@@ -10,9 +10,9 @@ SQLite, tiny towers. The same steps on a cluster are `jobs/build_protanno.py` an
 
 import sys
 
-import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main
-from protclip.recipes.demo import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.demo", doc=__doc__,
+                     configs={"build": "protclip.recipes.build_protanno:BuildJobConfig",
+                              "pretrain": "protclip.recipes.pretrain:PretrainConfig"}))

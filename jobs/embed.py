@@ -15,9 +15,7 @@ Exit codes: 0 ok, 1 failed (bad input), 2 config error, 3 storage error.
 
 import sys
 
-import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main
-from protclip.recipes.embed import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.embed", doc=__doc__))

@@ -17,9 +17,7 @@ them in this process. Prints a JSON summary. Exit codes: 0 all suites ok, 1 a su
 
 import sys
 
-import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main
-from protclip.recipes.evaluate import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.evaluate", doc=__doc__))

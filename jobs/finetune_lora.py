@@ -11,9 +11,7 @@ JSON on the last line; the adapter, merged model and metrics land in <storage_pa
 
 import sys
 
-import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main
-from protclip.recipes.finetune_lora import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.finetune_lora", doc=__doc__))

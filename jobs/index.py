@@ -12,8 +12,7 @@ parameters, the embedding manifest's SHA-256). Exit codes: 0 ok, 1 failed, 2 con
 
 import sys
 
-from protclip.cli import run_main
-from protclip.recipes.index import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.index", doc=__doc__))

@@ -12,9 +12,7 @@ otherwise it starts a local Ray instance on 127.0.0.1. Exit codes: 0 ok, 1 faile
 
 import sys
 
-import protclip.runtime  # noqa: F401  (must precede ray: loopback binding for local runs)
-from protclip.cli import run_main
-from protclip.recipes.pretrain import main
+from protclip.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_job("protclip.recipes.pretrain", doc=__doc__))

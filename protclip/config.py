@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,11 +32,20 @@ __all__ = [
     "parse_overrides",
     "apply_overrides",
     "dump_yaml",
+    "cli_config",
+    "resolve_paths",
 ]
 
 
 class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key path and what is wrong."""
+    """A config file or override is invalid; the message names the key path and what is wrong.
+
+    ``key`` is the dotted key (or section) the error is about, when known: :func:`load_config` uses it to say
+    whether the bad value came from the command line or from the YAML file."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 #: Keys that moved to another section, by ``<section class>.<old key>``: a config still setting one fails with
@@ -82,30 +92,30 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, a, path)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{path}: {value!r} does not match {_type_name(tp)}")
+        raise ConfigError(f"{path}: {value!r} does not match {_type_name(tp)}", path)
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        raise ConfigError(f"{path}: {value!r} is not one of {list(args)}", path)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping for section {tp.__name__}, got {value!r}", path)
         return from_dict(tp, value, _path=path)
     if origin in (list, Sequence, tuple) or tp in (list, tuple):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {value!r}", path)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}", path)
             return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         inner = args[0] if args else Any
         out = [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if (origin is tuple or tp is tuple) else out
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}", path)
         kt, vt = (args + (Any, Any))[:2] if args else (Any, Any)
         return {_coerce(k, kt, path): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
@@ -113,10 +123,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}", path)
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {value!r}", path)
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -125,28 +135,28 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             try:
                 return int(value.replace("_", ""))
             except ValueError as e:
-                raise ConfigError(f"{path}: expected an integer, got {value!r}") from e
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+                raise ConfigError(f"{path}: expected an integer, got {value!r}", path) from e
+        raise ConfigError(f"{path}: expected an integer, got {value!r}", path)
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path}: expected a number, got {value!r}", path)
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
             try:
                 return float(value)
             except ValueError as e:
-                raise ConfigError(f"{path}: expected a number, got {value!r}") from e
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+                raise ConfigError(f"{path}: expected a number, got {value!r}", path) from e
+        raise ConfigError(f"{path}: expected a number, got {value!r}", path)
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
+        raise ConfigError(f"{path}: expected a string, got {value!r}", path)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{path}: cannot use {value!r} as {_type_name(tp)}")
+    raise ConfigError(f"{path}: cannot use {value!r} as {_type_name(tp)}", path)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -163,7 +173,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, _path: str = "") -> 
         k = unknown[0]
         where = f"{_path}.{k}" if _path else k
         hint = _unknown_key_hint(cls, k, list(types_)) or f"; valid keys: {', '.join(sorted(types_))}"
-        raise ConfigError(f"unknown config key '{where}'{hint}")
+        raise ConfigError(f"unknown config key '{where}'{hint}", where)
     kwargs = {}
     for name, tp in types_.items():
         if name in data:
@@ -173,7 +183,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, _path: str = "") -> 
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # __post_init__ validation
-        raise ConfigError(f"{_path or cls.__name__}: {e}") from e
+        raise ConfigError(f"{_path or cls.__name__}: {e}", _path) from e
 
 
 def to_dict(cfg: Any) -> Any:
@@ -281,8 +291,27 @@ def _dataclass_of(tp: Any) -> type | None:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, str] = ()) -> T:
-    """Load ``cls`` from an optional YAML file plus dotted overrides; raise ConfigError on any problem."""
+def _blame(e: ConfigError, overrides: Mapping[str, str], path: str | Path | None, cli_prefix: str) -> str:
+    """Where a bad value came from: ``command line --key`` when an override set it, else the YAML file."""
+    text = str(e)
+    hits = [k for k in overrides if (e.key and (k == e.key or e.key.startswith(k + ".") or e.key.startswith(k + "[")))
+            or re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", text)]
+    if hits:
+        return f"command line {', '.join(f'--{cli_prefix}{k}' for k in hits)}: "
+    inside = [k for k in overrides if e.key and k.startswith(e.key + ".")]
+    if inside and path is None:
+        return f"command line {', '.join(f'--{cli_prefix}{k}' for k in inside)}: "
+    if inside:
+        return f"{path} with command line {', '.join(f'--{cli_prefix}{k}' for k in inside)}: "
+    return f"{path}: " if path is not None else ""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, str] = (),
+                cli_prefix: str = "") -> T:
+    """Load ``cls`` from an optional YAML file plus dotted overrides; raise ConfigError on any problem.
+
+    An error names where the bad value came from: ``command line --train.lr: ...`` for an override (written with
+    ``cli_prefix``, e.g. ``pretrain.`` for the demo's ``--pretrain.train.lr``), else the YAML file."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -298,12 +327,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         data = loaded
     ov = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    data = apply_overrides(data, ov, cls)
+    try:
+        data = apply_overrides(data, ov, cls)
+    except ConfigError as e:
+        msg = str(e).replace("override --", f"override --{cli_prefix}") if cli_prefix else str(e)
+        raise ConfigError(f"command line: {msg}", e.key) from None
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(f"{_blame(e, ov, path, cli_prefix)}{e}", e.key) from None
 
 
 def dump_yaml(cfg: Any) -> str:
@@ -311,8 +343,11 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def cli_config(cls: type[T], argv: Sequence[str]) -> T:
-    """Parse ``[--config FILE] [--a.b value ...]`` into ``cls`` (the common entry-point helper)."""
+def cli_config(cls: type[T], argv: Sequence[str], base_dir: str | None = None) -> T:
+    """Parse ``[--config FILE] [--a.b value ...]`` into ``cls`` (the common entry-point helper).
+
+    Every local path of the result is absolute against ``base_dir`` (default: the launching directory), so
+    Ray workers, which run elsewhere, read and write where the user meant (:mod:`protclip.local_paths`)."""
     argv = list(argv)
     path = None
     if "--config" in argv:
@@ -327,4 +362,16 @@ def cli_config(cls: type[T], argv: Sequence[str]) -> T:
                 path = a.split("=", 1)[1]
                 del argv[i]
                 break
-    return load_config(cls, path, argv)
+    cfg = load_config(cls, path, argv)
+    resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def resolve_paths(cfg: Any, base_dir: str | None = None) -> None:
+    """Make the local paths of a loaded config absolute (in place); a path problem is a ConfigError."""
+    from protclip.local_paths import PathError, resolve_local_paths
+
+    try:
+        resolve_local_paths(cfg, base_dir)
+    except PathError as e:
+        raise ConfigError(str(e), e.key) from None

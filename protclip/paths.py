@@ -19,10 +19,14 @@ def shared_data_dir() -> Path:
     for c in candidates:
         if c.is_dir():
             return c
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     raise FileNotFoundError(
         "shared data folder not found (looked in: "
         + ", ".join(str(c) for c in candidates)
         + "); set PROTCLIP_SHARED_DATA to the folder holding uniprot_samples/"
+        + ("; this is a `ray job submit` job, whose working dir is Ray's copy of the repository without the "
+           "folder beside it: set PROTCLIP_SHARED_DATA in the runtime env (a path every node sees) or name the "
+           "data by an s3:// URI in the config" if in_job else "")
     )
 
 

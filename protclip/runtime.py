@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 _log = logging.getLogger(__name__)
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be started or joined (start-up timeout, unreachable address): exit code 6."""
 
 
 def prefer_loopback() -> None:
@@ -41,10 +46,37 @@ def init_ray(num_cpus: int | None = None, address: str | None = None, runtime_en
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        _start(f"could not join the Ray cluster at {address}", lambda: ray.init(
+            address=address, runtime_env=runtime_env, log_to_driver=True))
+        refuse_relative_paths_on_cluster(sum(1 for n in ray.nodes() if n.get("Alive")))
         return
     if num_cpus is None:
         num_cpus = max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
-             _node_ip_address="127.0.0.1")
+    _start("could not start a local Ray instance on 127.0.0.1", lambda: ray.init(
+        num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
+        _node_ip_address="127.0.0.1"))
     _log.info("started a local Ray instance on 127.0.0.1 with %d logical CPUs", num_cpus)
+
+
+def _start(what: str, init: Callable[[], object]) -> None:
+    """Run ``ray.init``; its failures (start-up timeouts, refused connections) become one RayStartError line."""
+    try:
+        init()
+    except Exception as e:  # ray raises RuntimeError, ConnectionError, TimeoutError, its own RaySystemError...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RayStartError(f"{what}: {type(e).__name__}: {first} (Ray's processes did not come up: check free "
+                            "memory and /tmp space, stale Ray processes (`ray stop`), and the machine's load)") from e
+
+
+def refuse_relative_paths_on_cluster(alive_nodes: int) -> None:
+    """On a cluster of several nodes a relative local path names a different folder on each node's own disk:
+    refuse the ones the configs of this process gave (:func:`protclip.local_paths.relative_paths_seen`)."""
+    from protclip.config import ConfigError
+    from protclip.local_paths import relative_paths_seen
+
+    rel = relative_paths_seen()
+    if alive_nodes > 1 and rel:
+        p = rel[0]
+        raise ConfigError(f"{p.key}: {p.given!r} is a relative local path, but this Ray cluster has {alive_nodes} "
+                          "nodes whose local disks are not shared: give an s3:// URI or an absolute path on a "
+                          "shared file system", p.key)

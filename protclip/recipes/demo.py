@@ -17,12 +17,14 @@ from pathlib import Path
 
 from protclip import runtime  # before anything imports ray: loopback binding for local runs
 from protclip.cli import setup_logging
-from protclip.config import ConfigError, load_config, parse_overrides
+from protclip.config import ConfigError, load_config, parse_overrides, resolve_paths
 from protclip.console import Console, quiet_console
 from protclip.paths import REPO_ROOT
+from protclip.preflight import TrackingError
 from protclip.recipes.build_protanno import BuildJobConfig
 from protclip.recipes.pretrain import PretrainConfig
-from protclip.storage import StorageError, scheme_of
+from protclip.runtime import RayStartError
+from protclip.storage import StorageError
 
 __all__ = ["split_overrides", "main"]
 
@@ -50,23 +52,16 @@ def split_overrides(argv: list[str]) -> tuple[dict[str, str], dict[str, str], bo
     return build, pretrain, verbose
 
 
-def _local_abs(value: str) -> str:
-    """A local path made absolute against the launching directory; URIs unchanged."""
-    if scheme_of(value) in ("file", "local") and "://" not in value:
-        return os.path.abspath(os.path.expanduser(value))
-    return value
-
-
 def _configs(argv: list[str]) -> tuple[BuildJobConfig, PretrainConfig, bool]:
     build_over, pre_over, verbose = split_overrides(argv)
-    bcfg = load_config(BuildJobConfig, BUILD_CONFIG, build_over)
-    pcfg = load_config(PretrainConfig, PRETRAIN_CONFIG, pre_over)
-    bcfg.build.output = _local_abs(bcfg.build.output)
+    bcfg = load_config(BuildJobConfig, BUILD_CONFIG, build_over, cli_prefix="build.")
+    pcfg = load_config(PretrainConfig, PRETRAIN_CONFIG, pre_over, cli_prefix="pretrain.")
+    resolve_paths(bcfg)  # every local path against the launching directory, before anything reaches Ray
     pcfg.data.uri = bcfg.build.output
-    pcfg.storage.storage_path = _local_abs(pcfg.storage.storage_path)
     for suite in pcfg.eval.suites:  # the suites scoring held-out rows read the ProtAnno this demo builds
         if suite.config.get("path") == PROTANNO_PLACEHOLDER:
             suite.config["path"] = bcfg.build.output
+    resolve_paths(pcfg)
     return bcfg, pcfg, verbose
 
 
@@ -115,7 +110,7 @@ def main(argv: list[str]) -> int:
     """
     bcfg, pcfg, verbose = _configs(argv)
     log_path = None if verbose else _log_path(pcfg)
-    with quiet_console(log_path, expected=(ConfigError, StorageError)) as con:
+    with quiet_console(log_path, expected=(ConfigError, StorageError, TrackingError, RayStartError)) as con:
         setup_logging()
         from protclip.data.build import run_build
         from protclip.recipes.pretrain import run_pretrain

@@ -15,17 +15,18 @@ import logging
 import os
 from typing import Any
 
-from protclip import runtime  # before anything imports ray: loopback binding for local runs
+from protclip import runtime, storage  # runtime first: loopback binding for local runs
 from protclip.cli import setup_logging
-from protclip.config import cli_config, to_dict
+from protclip.config import ConfigError, cli_config, to_dict
 from protclip.finetune.config import FinetuneConfig
+from protclip.preflight import check_mlflow_run, check_tracking
 from protclip.recipes.ray_storage import ray_storage
 from protclip.storage import filesystem
-from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, secrets_of
+from protclip.tracking import RunLogger, open_run, resolve_tracking_uri, run_guard, secrets_of
 
 _log = logging.getLogger("finetune_lora")
 
-__all__ = ["run_finetune", "finetune_worker", "main"]
+__all__ = ["preflight", "run_finetune", "finetune_worker", "main"]
 
 
 def _has_previous_run(run_uri: str, cfg: FinetuneConfig) -> bool:
@@ -52,7 +53,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if base.parent_run_id:
         tags["protclip.pretrain_run_id"] = base.parent_run_id
     run_id = open_run(cfg.tracking, cfg.tracking.run_name or cfg.run.name, cfg, tags,
-                      parent_run_id=base.parent_run_id, reuse_key=run_dir(cfg))
+                      parent_run_id=base.parent_run_id,  # continue a run only when resuming its checkpoints
+                      reuse_key=run_dir(cfg) if _has_previous_run(run_dir(cfg), cfg) else None)
     job.run_id, job.tracking_uri, job.secrets = run_id, resolve_tracking_uri(cfg.tracking.uri), secrets_of(cfg)
     logger = RunLogger(run_id, job.tracking_uri, job.secrets) if run_id else None
     if logger is not None:
@@ -72,12 +74,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
                              failure_config=FailureConfig(max_failures=0)),
     )
-    try:
+    with run_guard(logger):  # an exception ends the MLflow run FAILED, Ctrl-C / SIGTERM KILLED
         result = trainer.fit()
-    except Exception:
-        if logger is not None:
-            logger.finish("FAILED")
-        raise
     metrics = dict(result.metrics or {})
     if logger is not None:
         logger.finish("FINISHED" if "test/loss" in metrics else "KILLED")  # KILLED: stopped early, resumable
@@ -102,10 +100,31 @@ def finetune_worker(config: dict[str, Any]) -> None:
     run_worker(cfg, config["job"], data, session)
 
 
+def preflight(cfg: FinetuneConfig) -> None:
+    """Everything that can be checked before Ray starts: data given and readable, run folder writable, MLflow
+    store writable, an ``mlflow:`` base run present. Each failure is one line (ConfigError, StorageError,
+    TrackingError)."""
+    if not cfg.data.path:
+        raise ConfigError("data.path is empty: give the labelled data, e.g. --config jobs/configs/deeploc_lora.yaml "
+                          "(python jobs/finetune_lora.py --help lists every key)", "data.path")
+    storage.check_access(cfg.data.path, cfg.storage)
+    storage.check_access(cfg.run.storage_path, cfg.storage, write=True)
+    if cfg.run.output_dir:
+        storage.check_access(cfg.run.output_dir, cfg.storage, write=True)
+    tracking_uri = check_tracking(cfg.tracking)
+    if cfg.base.source.startswith("mlflow:"):
+        check_mlflow_run(tracking_uri or resolve_tracking_uri(cfg.tracking.uri), cfg.base.source[len("mlflow:"):],
+                         "base.source")
+    for value in (cfg.base.pretrain_config, cfg.run.resume_from):
+        if value:
+            storage.check_access(value, cfg.storage)
+
+
 def main(argv: list[str]) -> int:
     """LoRA fine-tuning job: --config FILE [--section.key value ...] (see jobs/configs/*_lora.yaml)."""
     setup_logging()
     cfg = cli_config(FinetuneConfig, argv)
+    preflight(cfg)
     runtime.init_ray()
     metrics = run_finetune(cfg)
     keys = sorted(k for k in metrics if k.startswith(("test/", "untrained/test/", "valid/")))

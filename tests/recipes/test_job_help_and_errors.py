@@ -1,0 +1,183 @@
+"""Every job answers --help from its config source without Ray or torch, and fails in one line with the
+documented exit code (README, "Errors and exit codes") before starting Ray."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from protclip import cli
+from protclip.paths import REPO_ROOT
+
+JOBS = ("pretrain", "finetune_lora", "evaluate", "build_protanno", "embed", "index", "demo")
+CONFIGS = REPO_ROOT / "jobs" / "configs"
+
+
+def _job(name: str, *args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-X", "importtime", str(REPO_ROOT / "jobs" / f"{name}.py"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=cwd or REPO_ROOT, env=env)
+
+
+def _imported(stderr: str) -> set[str]:
+    return {m.group(1) for m in re.finditer(r"^import time:.*\|\s+(\S+)$", stderr, re.M)}
+
+
+def _errors(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("import time:")]
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_lists_keys_defaults_and_comments_without_ray_or_torch(job):
+    r = _job(job, "--help")
+    assert r.returncode == 0, r.stderr[-2000:]
+    mods = _imported(r.stderr)
+    assert not {"torch", "ray", "transformers", "mlflow"} & mods
+    prefix = {"demo": "--pretrain."}.get(job, "--")
+    expected = {  # a key, its default and the field's own comment in the dataclass source
+        "pretrain": ("--train.lr = 1e-05", "base LR (heads, projections, scales)"),
+        "finetune_lora": ("--lora.r = 8", "rank of the update"),
+        "evaluate": ("--source.export = None", "export dir: protein/ + text/"),
+        "build_protanno": ("--build.rows_per_shard = 200000", "Parquet shard size target"),
+        "embed": ("--workers = 1", "actors embedding in parallel"),
+        "index": ("--overwrite = False", "replace an existing index"),
+        "demo": (f"{prefix}train.max_steps = None", "optimizer steps; None = all data epochs"),
+    }[job]
+    assert expected[0] in r.stdout and expected[1] in r.stdout, r.stdout[:3000]
+    if job == "demo":
+        assert "--build.build.inputs = []" in r.stdout
+
+
+def test_finetune_without_arguments_fails_fast_in_one_line(tmp_path):
+    t0 = time.monotonic()
+    r = _job("finetune_lora", cwd=tmp_path)
+    assert time.monotonic() - t0 < 30  # no Ray start (it took 35 s before failing)
+    assert r.returncode == cli.EXIT_CONFIG
+    assert _errors(r.stderr) == [_errors(r.stderr)[0]] and _errors(r.stderr)[0].startswith("config error: data.path")
+    assert "ray" not in _imported(r.stderr)
+
+
+def test_evaluate_bad_export_folder_exits_with_the_documented_codes(tmp_path, monkeypatch, capsys):
+    from protclip.recipes import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--config", str(CONFIGS / "evaluate.yaml"), "--tracking.uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+
+    def run(*extra: str) -> tuple[int, list[str]]:
+        rc = cli.run_main(evaluate.main, [*base, *extra])
+        return rc, capsys.readouterr().err.strip().splitlines()
+
+    rc, err = run("--source.export", "no_such_export")
+    assert rc == cli.EXIT_STORAGE and len(err) == 1 and str(tmp_path / "no_such_export") in err[0]
+    (tmp_path / "not_an_export").mkdir()
+    rc, err = run("--source.export", "not_an_export")
+    assert rc == cli.EXIT_CONFIG and len(err) == 1 and "not a ProtCLIP export folder" in err[0]
+    rc, err = run("--source.mlflow_run_id", "0123456789abcdef")
+    assert rc == cli.EXIT_TRACKING
+    assert err[-1].startswith("tracking error: source.mlflow_run_id: MLflow run '0123456789abcdef' does not exist")
+
+
+def test_a_bad_cli_value_is_reported_as_a_command_line_value(tmp_path):
+    r = _job("pretrain", "--config", str(CONFIGS / "tiny.yaml"), "--train.lr", "fast", cwd=tmp_path)
+    assert r.returncode == cli.EXIT_CONFIG
+    assert _errors(r.stderr) == ["config error: command line --train.lr: train.lr: expected a number, got 'fast'"]
+
+
+def test_predict_with_a_missing_adapter_is_one_line(tmp_path, monkeypatch, capsys):
+    from protclip.finetune.infer import main as predict
+
+    monkeypatch.setenv("PROTCLIP_LOG_DIR", str(tmp_path / "logs"))
+    fasta = tmp_path / "s.fasta"
+    fasta.write_text(">a\nMKV\n")
+    rc = cli.run_main(predict, ["--adapter", str(tmp_path / "none"), "--input", str(fasta), "--output",
+                                str(tmp_path / "p.csv")], help_passthrough=True)
+    assert rc == cli.EXIT_FAILED
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "protclip_task.json" in line
+    (log,) = (tmp_path / "logs").iterdir()
+    assert "Traceback" in log.read_text() and str(log) in line
+
+
+# ------------------------------------------------------------------- in-process: error classes -> exit codes
+
+
+def _wrapped(outer: BaseException, cause: BaseException) -> BaseException:
+    outer.__cause__ = cause
+    return outer
+
+
+def _fails_with(exc: BaseException):
+    def main(argv: list[str]) -> int:
+        raise exc
+    return main
+
+
+def test_expected_failures_map_to_one_line_and_their_exit_code(tmp_path, monkeypatch, capsys):
+    from mlflow.exceptions import MlflowException
+
+    from protclip.data.parquet_files import ProtAnnoFileError
+    from protclip.preflight import TrackingError
+
+    monkeypatch.setenv("PROTCLIP_LOG_DIR", str(tmp_path))
+    try:
+        sqlite3.connect(":memory:").execute("select * from missing_table")
+    except sqlite3.OperationalError as e:
+        sql_error = e
+    cases = [(ProtAnnoFileError("shard part-0.parquet row group 3 column sequence: not UTF-8"), cli.EXIT_FAILED,
+              "data error: shard part-0.parquet"),
+             (MlflowException("Run 'abc' not found"), cli.EXIT_TRACKING, "tracking error: Run 'abc' not found"),
+             (sql_error, cli.EXIT_TRACKING, "tracking error: no such table: missing_table"),
+             (TrackingError("tracking store read-only"), cli.EXIT_TRACKING, "tracking error: tracking store"),
+             (_wrapped(RuntimeError("wrapped"), ProtAnnoFileError("bad shard")), cli.EXIT_FAILED,
+              "data error: bad shard")]
+    for exc, code, start in cases:
+        assert cli.run_main(_fails_with(exc), []) == code
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(start), line
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        cli.run_main(_fails_with(KeyError("x")), [])
+
+
+def test_a_ray_start_failure_is_one_line_exit_6(monkeypatch, capsys):
+    import ray
+
+    from protclip import runtime
+
+    def init(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because ...\nmore")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cli.run_main(lambda argv: runtime.init_ray(num_cpus=1), []) == cli.EXIT_RAY
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ray error: could not start a local Ray instance on 127.0.0.1: Exception: The current "
+                           "node timed out during startup")
+
+
+def test_read_only_tracking_and_storage_say_so(tmp_path, monkeypatch):
+    import os
+
+    from protclip import storage
+    from protclip.preflight import TrackingError, check_tracking
+    from protclip.tracking import TrackingConfig
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(str(ro)) else real(p, mode))
+    with pytest.raises(TrackingError, match=rf"{ro}.*read-only"):
+        check_tracking(TrackingConfig(uri=f"sqlite:///{ro / 'mlflow.db'}"))
+    assert check_tracking(TrackingConfig(uri=f"sqlite:///{tmp_path / 'ok' / 'mlflow.db'}"))
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "makedirs", denied)
+    with pytest.raises(storage.StorageError) as e:
+        storage.check_access(str(ro / "runs"), write=True)
+    assert "not writable" in str(e.value) and "credentials" not in str(e.value)
