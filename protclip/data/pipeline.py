@@ -36,7 +36,9 @@ from functools import partial
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
+from protclip.data.batching import packed_micro_batches
 from protclip.data.collate import CollateConfig, ProtCLIPCollator
 from protclip.data.config import DataConfig
 from protclip.data.holdout import check_heldout_rows, resolve_training_split
@@ -50,8 +52,10 @@ from protclip.data.stages import (
     SplitRule,
     collate_windows,
     derive_seed,
+    protein_tokens,
     read_and_sample,
 )
+from protclip.data.verify import verify_shards
 from protclip.storage import StorageConfig, redact
 
 __all__ = [
@@ -70,8 +74,9 @@ class PretrainData:
     """What :func:`build_pretrain_datasets` returns.
 
     ``steps_per_epoch`` counts micro-batches per rank per epoch (an estimate from the exact sampled row counts:
-    each shuffle buffer drops its last ``n % micro_batch_size`` rows); ``mix[epoch][(reviewed, pe, k)]`` is the
-    exact number of training rows the sampler keeps in that epoch.
+    each shuffle buffer drops its last ``n % micro_batch_size`` rows; packed batching: from the sampled rows'
+    protein token counts, see :func:`protclip.data.batching.packed_micro_batches`);
+    ``mix[epoch][(reviewed, pe, k)]`` is the exact number of training rows the sampler keeps in that epoch.
     """
 
     train: Any  # ray.data.Dataset
@@ -214,6 +219,44 @@ def _estimate_micro_batches(n_rows: int, data_cfg: DataConfig) -> int:
     return max(0, int((n_rows - buffers * (mbs - 1) / 2) // mbs))
 
 
+def _token_histogram(batch: pa.Table, max_protein_length: int) -> pa.Table:
+    """(epoch, tokens, n) for a block of sampled rows: the packed step estimate needs how many rows of each
+    protein token count an epoch holds, so only these few counts per read task reach the driver, not the rows."""
+    if batch.num_rows == 0:
+        return pa.table({"epoch": pa.array([], pa.int64()), "tokens": pa.array([], pa.int64()),
+                         "n": pa.array([], pa.int64())})
+    tokens = protein_tokens(batch.column("length").to_numpy(), max_protein_length)
+    pairs, n = np.unique(np.stack([batch.column("epoch").to_numpy().astype(np.int64), tokens]), axis=1,
+                         return_counts=True)
+    return pa.table({"epoch": pairs[0], "tokens": pairs[1], "n": n.astype(np.int64)})
+
+
+def _packed_token_counts(data_cfg: DataConfig, storage_cfg: StorageConfig | None, inv: ParquetInventory,
+                         epochs: list[int], build_split: BuildSplit | None) -> dict[int, np.ndarray]:
+    """Protein tokens (after the crop) of every sampled training row, per epoch, in no particular order.
+
+    One more Ray pass over the metadata and ``length`` columns, run only for packed batching: the mix pass counts
+    rows, and a token budget needs their lengths.
+    """
+    import ray
+
+    rows = sampled_rows(data_cfg, storage_cfg, split="train", epochs=epochs, columns=["length"], inventory=inv,
+                        build_split=build_split)
+    hist = rows.map_batches(partial(_token_histogram, max_protein_length=data_cfg.max_protein_length),
+                            batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                            num_cpus=data_cfg.map_num_cpus)
+    parts = [t for t in ray.get(hist.to_arrow_refs()) if t.num_rows]
+    out = {e: np.zeros(0, dtype=np.int64) for e in epochs}
+    if parts:
+        d = pa.concat_tables(parts).group_by(["epoch", "tokens"]).aggregate([("n", "sum")]).to_pydict()
+        by_epoch: dict[int, list[tuple[int, int]]] = {}
+        for e, t, n in zip(d["epoch"], d["tokens"], d["n_sum"], strict=True):
+            by_epoch.setdefault(int(e), []).append((int(t), int(n)))
+        for e, cells in by_epoch.items():
+            out[e] = np.repeat([t for t, _ in cells], [n for _, n in cells]).astype(np.int64)
+    return out
+
+
 def build_pretrain_datasets(
     data_cfg: DataConfig,
     collate_cfg_or_collator: Any,
@@ -236,6 +279,8 @@ def build_pretrain_datasets(
     val_collator = make_collator(data_cfg, collate_cfg_or_collator, train=False)
     columns = required_columns(collator)
     inv = inspect_parquet(data_cfg.uri, storage_cfg)
+    verified = verify_shards(data_cfg.uri, storage_cfg, mode=data_cfg.verify, sample=data_cfg.verify_sample,
+                             seed=data_cfg.seed)
     deterministic = data_cfg.split == "deterministic"
 
     build_split, holdout_info = resolve_training_split(data_cfg, inv.files, storage_cfg)
@@ -246,12 +291,19 @@ def build_pretrain_datasets(
     epochs = list(range(start_epoch, data_cfg.num_epochs))
     mix = {e: counts.train[e] for e in epochs}
     train_rows = {e: sum(mix[e].values()) for e in epochs}
-    mbs_est = {e: _estimate_micro_batches(n, data_cfg) for e, n in train_rows.items()}
+    packed = data_cfg.batching == "packed"
+    if packed:
+        tokens = _packed_token_counts(data_cfg, storage_cfg, inv, epochs, build_split)
+        mbs_est = {e: packed_micro_batches(tokens[e], data_cfg.max_tokens, data_cfg.window_rows,
+                                           derive_seed(data_cfg.seed, e, "estimate")) for e in epochs}
+    else:
+        mbs_est = {e: _estimate_micro_batches(n, data_cfg) for e, n in train_rows.items()}
     steps = min(mb // world_size for mb in mbs_est.values())
     if steps == 0:
+        per_mb = f"max_tokens {data_cfg.max_tokens}" if packed else f"micro_batch_size {data_cfg.micro_batch_size}"
         raise ValueError(
             f"{redact(data_cfg.uri)}: an epoch yields about {min(train_rows.values())} sampled training rows, too "
-            f"few for {world_size} worker(s) x micro_batch_size {data_cfg.micro_batch_size}"
+            f"few for {world_size} worker(s) x {per_mb}"
         )
 
     train = _collated(sampled_rows(data_cfg, storage_cfg, split="train", epochs=epochs, columns=columns,
@@ -270,20 +322,26 @@ def build_pretrain_datasets(
         "files": [{**f, "path": inv.display(f["path"])} for f in inv.files],
         "n_files": len(inv.files),
         "n_row_groups": len(inv.fragments),
+        "verify": verified.as_dict(),
         "row_groups_skipped_by_footer_stats": sum(not f.may_keep(data_cfg.sampling) for f in inv.fragments),
         "pool_rows": inv.num_rows,
         "columns_read": columns,
         "epochs": epochs,
         "train_rows_per_epoch": train_rows,
         "micro_batches_per_epoch_estimate": mbs_est,
-        "micro_batches_per_epoch_max": {e: n // data_cfg.micro_batch_size for e, n in train_rows.items()},
+        # packed: a micro-batch holds at least one row; bucketed: exactly micro_batch_size rows
+        "micro_batches_per_epoch_max": {e: n if packed else n // data_cfg.micro_batch_size
+                                        for e, n in train_rows.items()},
         "val_rows": counts.val_rows,
         "val_threshold": counts.val_threshold,
         "holdout": holdout_info,  # where train/validation came from: the build's held-out split or the hash
         "world_size": world_size,
         "split": data_cfg.split,
         "window_rows": data_cfg.window_rows,
+        "batching": data_cfg.batching,
     }
+    if packed:
+        manifest["protein_tokens_per_epoch"] = {e: int(tokens[e].sum()) for e in epochs}
     _log.info("ProtAnno %s: %d files, %d rows; %s training rows per epoch; %d validation rows",
               manifest["uri"], len(inv.files), inv.num_rows, train_rows, counts.val_rows)
     return PretrainData(train=train, val=val, steps_per_epoch=steps, mix=mix, manifest=manifest,

@@ -131,7 +131,9 @@ def main(argv: list[str]) -> int:
                      f"{rows.get('train', '?')}/{rows.get('val', '?')}/{rows.get('test', '?')} (clusters "
                      f"{clusters.get('train', '?')}/{clusters.get('val', '?')}/{clusters.get('test', '?')})")
         con.line(f"== 2/3 pre-training {pcfg.model.protein_model} + {pcfg.model.text_model} "
-                 f"({pcfg.train.num_workers} workers, global batch {pcfg.global_batch_size})")
+                 f"({pcfg.train.num_workers} workers, " + (
+                     f"packed micro-batches of {pcfg.data.max_tokens} protein tokens"
+                     if pcfg.data.batching == "packed" else f"global batch {pcfg.global_batch_size}") + ")")
         result = run_pretrain(pcfg, console=con)
         con.line(f"== 3/3 before vs after pre-training ({(time.monotonic() - t0) / 60:.1f} min so far)")
         tracking_uri = resolve_tracking_uri(pcfg.tracking.uri) if pcfg.tracking.enabled else None

@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from protclip.dist import all_ranks, mean_over_ranks
+from protclip.dist import all_ranks, mean_over_ranks, sum_over_ranks
 from protclip.model.losses import ProtCLIPLoss
 from protclip.model.protclip import build_model
 from protclip.storage import filesystem
@@ -71,6 +71,9 @@ class LoopConfig:
     # validate and checkpoint the untrained model as step 0 before the first update of a fresh run, so "before
     # pre-training" is measured by the same validation and eval tasks as every later step
     checkpoint_at_start: bool = False
+    # which run the checkpoints belong to (run key, MLflow run id, config fingerprint), recorded in each one so a
+    # relaunch continues the MLflow run only when it resumes that run's checkpoint (train/run_folder.py)
+    run_identity: dict | None = None
 
 
 def total_steps_for(cfg: TrainRunConfig, micro_batches_per_rank: int) -> int:
@@ -125,6 +128,8 @@ def train_worker(cfg: TrainRunConfig, session: Session, lc: LoopConfig) -> Train
     if world > 1:
         dist.broadcast_object_list(attempt, src=0)  # one checkpoint name for all ranks of this attempt
     logger = logger_for_rank(rank, lc.run_id, lc.tracking_uri, secrets_of(cfg))
+    if lc.run_identity is not None:  # every checkpoint of this launch names its run (also the step-0 one)
+        state.extra["run"] = lc.run_identity
     stop = min(lc.total_steps, tc.stop_at_step or lc.total_steps)
     epoch_mb = {int(k): int(v) for k, v in state.extra.get("epoch_micro_batches", {}).items()}
     batches = session.train_batches(_skip_count(state, lc.start_epoch))
@@ -158,7 +163,8 @@ def train_worker(cfg: TrainRunConfig, session: Session, lc: LoopConfig) -> Train
         state.micro_batches_in_epoch = epoch_mb.get(state.epoch, 0)
         state.extra["epoch_micro_batches"] = {str(k): v for k, v in epoch_mb.items()}
         state.extra["total_steps"] = lc.total_steps
-        state.pairs_seen += terms.rows * world
+        # global pairs: packed micro-batches hold a different number of pairs on every rank
+        state.pairs_seen += round(sum_over_ranks({"rows": terms.rows}, device)["rows"])
         state.skipped_steps += int(outcome.skipped)
         consecutive_skips = consecutive_skips + 1 if outcome.skipped else 0
         meter.update(mbs, t_step, t_data, flops_of(mbs))
@@ -167,7 +173,7 @@ def train_worker(cfg: TrainRunConfig, session: Session, lc: LoopConfig) -> Train
             metrics = {f"train/{k}": v for k, v in mean_over_ranks(terms.values, device).items()}
             metrics.update(meter.metrics(device))
             metrics.update({"train/grad_norm": outcome.grad_norm, "train/skipped_steps": state.skipped_steps,
-                            "train/skipped": float(outcome.skipped), "train/epoch": state.epoch,
+                            "train/epoch": state.epoch,
                             "train/pairs_seen": state.pairs_seen})
             for g in opt.param_groups:
                 metrics[f"train/lr_{g.get('name', 'group')}"] = g["lr"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from protclip.data.collate import batch_rows, is_packed
 from protclip.dist import all_ranks, gather_objects, sum_over_ranks
 from protclip.metrics import retrieval_metrics
 from protclip.model.losses import ProtCLIPLoss
@@ -22,6 +23,10 @@ __all__ = ["validate", "retrieval_from_features"]
 
 
 def _text_keys(mb: dict[str, torch.Tensor]) -> list[str]:
+    if is_packed(mb):  # one row of concatenated texts: cut at the boundaries (same keys as the padded layout)
+        ids, cu = mb["text_input_ids"].cpu().reshape(-1), mb["text_cu_seqlens"].cpu().tolist()
+        return [hashlib.blake2b(ids[a:b].numpy().tobytes(), digest_size=8).hexdigest()
+                for a, b in zip(cu[:-1], cu[1:], strict=True)]
     ids, am = mb["text_input_ids"].cpu(), mb["text_attention_mask"].cpu().bool()
     return [hashlib.blake2b(ids[i][am[i]].numpy().tobytes(), digest_size=8).hexdigest() for i in range(ids.shape[0])]
 
@@ -55,7 +60,7 @@ def validate(model: torch.nn.Module, loss_fn: ProtCLIPLoss, batches: Iterator[di
                 break
             out = model(mb)
             terms = loss_fn(out)
-            b = int(mb["protein_input_ids"].shape[0])
+            b = batch_rows(mb)  # pairs, padded or packed
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach().float().reshape(-1)[0]) * b
             rows += b

@@ -7,21 +7,27 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from protclip.data.build import BuildConfig, read_manifest, run_build
+from protclip.data.holdout import HoldoutConfig
+from protclip.data.parquet_files import resolve_protanno
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import PROTANNO_SCHEMA, SCHEMA_VERSION, record_to_row
 from protclip.data.uniprot import parse_file
 from protclip.storage import filesystem
 
+#: these tests are about parsing and writing; the cluster split (mmseqs) is tested in test_build_holdout.py
+HASH = HoldoutConfig(mode="hash")
+
 pytestmark = pytest.mark.ray
 
 
 def _read_rows(uri: str) -> list[dict]:
-    fs, base = filesystem(uri)
+    fs, base = filesystem(resolve_protanno(uri))  # the published version folder
     files = sorted(p for p in fs.ls(base, detail=False)
                    if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("_"))  # _holdout.parquet
     rows = []
@@ -42,7 +48,8 @@ def _pure_rows(path, source: str) -> list[dict]:
 
 def test_build_local_equals_pure_parser(ray_local, uniprot_dat, tmp_path):
     out = tmp_path / "protanno"
-    res = run_build(BuildConfig(inputs=[str(uniprot_dat)], output=str(out), chunk_bytes=200_000, rows_per_shard=30))
+    res = run_build(BuildConfig(inputs=[str(uniprot_dat)], output=str(out), chunk_bytes=200_000, rows_per_shard=30,
+                                holdout=HASH))
     m = res.manifest
     assert m["seen"] == m["parsed"] == m["rows"] == 103 and m["malformed"] == 0
     assert len(m["shards"]) >= 2  # several parse tasks -> several shards
@@ -63,7 +70,7 @@ def test_build_gz_through_s3(ray_local, uniprot_dat, tmp_path, s3_bucket):
     src_uri = f"s3://{s3_bucket}/raw/uniprot_sprot.dat.gz"
     out = f"s3://{s3_bucket}/protanno/v1"
     sampling = SamplingConfig(mode="once", seed=3)
-    res = run_build(BuildConfig(inputs=[f"s3://{s3_bucket}/raw/"], output=out, chunk_bytes=100_000,
+    res = run_build(BuildConfig(inputs=[f"s3://{s3_bucket}/raw/"], output=out, chunk_bytes=100_000, holdout=HASH,
                                 sampling=sampling))
     m = res.manifest
     built = _read_rows(out)
@@ -95,13 +102,13 @@ def test_corrupted_input_is_reported_not_fatal(ray_local, uniprot_dat, tmp_path)
     bad.parent.mkdir()
     bad.write_text(bad_text + "\x00\x01 binary junk\n")
     out = tmp_path / "out"
-    res = run_build(BuildConfig(inputs=[str(bad.parent)], output=str(out), chunk_bytes=150_000))
+    res = run_build(BuildConfig(inputs=[str(bad.parent)], output=str(out), chunk_bytes=150_000, holdout=HASH))
     m = res.manifest
     assert m["rows"] + m["malformed"] == m["seen"]
     assert m["rows"] == 103 - n_bad
     assert m["malformed"] == n_bad + 1  # + the binary junk after the last entry
     assert m["malformed_by_reason"], m
-    lines = (out / "malformed.jsonl").read_text().splitlines()
+    lines = (Path(res.version_uri) / "malformed.jsonl").read_text().splitlines()
     assert len(lines) == m["malformed"]
     for e in map(json.loads, lines):
         assert e["source"].endswith("corrupt.dat") and e["reason"] and e["byte_offset"] >= 0

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from protclip.data.batching import token_budget_batches
+from protclip.data.batching import packed_micro_batches, token_budget_batches
 from protclip.data.config import DataConfig
 from protclip.data.pipeline import iter_micro_batches, make_collator, required_columns
 from protclip.data.sampling import SamplingConfig
 from protclip.data.schema import record_to_row, rows_to_table
-from protclip.data.stages import DETERMINISTIC_FLAG, collate_windows
+from protclip.data.stages import DETERMINISTIC_FLAG, collate_windows, derive_seed, protein_tokens
 from protclip.data.tokenizers import ESM_VOCAB
 from protclip.data.uniprot import parse_file
 from protclip.model.config import collate_config, tiny_model_config
@@ -143,3 +143,33 @@ def test_packed_config_validation():
     with pytest.raises(ValueError, match="data.max_text_tokens"):
         DataConfig(max_text_length=512, max_text_tokens=256)
     assert DataConfig().batching == "bucketed"  # the shipped default stays the padded, bucketed path
+
+
+def test_packed_estimate_packs_each_buffer_greedily():
+    """The step estimate is the greedy budget rule applied per buffer to a seeded permutation: exactly the count
+    ``token_budget_batches`` gives for that permutation cut into buffers."""
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(3, 131, size=203)
+    for max_tokens, window in ((130, 16), (520, 16), (520, 64), (4000, 1000)):
+        perm = np.random.default_rng(11).permutation(tokens.size)
+        want = sum(len(token_budget_batches(np.arange(s, min(s + window, tokens.size)), tokens[perm],
+                                            np.zeros(tokens.size), max_tokens, 1))
+                   for s in range(0, tokens.size, window))
+        assert packed_micro_batches(tokens, max_tokens, window, seed=11) == want, (max_tokens, window)
+    assert packed_micro_batches(np.zeros(0), 520, 16, seed=0) == 0
+    with pytest.raises(ValueError, match="above max_tokens"):
+        packed_micro_batches(np.array([600]), 520, 16, seed=0)
+
+
+def test_packed_estimate_matches_the_collate_stage_on_real_rows(table):
+    """Estimate vs the micro-batches the collate stage makes from the same rows (text budget not binding): they
+    pack different random orders, which moves each buffer's greedy count by about one micro-batch."""
+    cfg = _cfg(table, max_protein_length=1024, max_tokens=3000, max_text_tokens=10**6)
+    tokens = protein_tokens(table.column("length").to_numpy(), cfg.max_protein_length)
+    buffers = -(-table.num_rows // cfg.window_rows)
+    bucketed_formula = table.num_rows // cfg.micro_batch_size  # what the row-count estimate would say
+    for epoch in range(3):
+        got = len(_collate(table, cfg, epoch=epoch)["batch_key"])
+        est = packed_micro_batches(tokens, cfg.max_tokens, cfg.window_rows, derive_seed(cfg.seed, epoch, "estimate"))
+        assert abs(est - got) <= buffers, (epoch, est, got)
+        assert abs(bucketed_formula - got) > buffers  # the tolerance tells a token estimate from a row count

@@ -42,3 +42,21 @@ def test_accumulating_packed_micro_batches_of_different_sizes_equals_one_batch()
     assert set(g_one) == set(g_two)
     for name, g in g_one.items():
         assert_close_rounding(g_two[name], g, ULPS_NETWORK, scale=scale, msg=f"grad {name}")
+
+
+def test_validation_on_packed_micro_batches_equals_padded():
+    """Validation counts pairs (not packed rows) and cuts texts at their boundaries for the retrieval keys, so
+    packed micro-batches give the padded batches' metrics (paper mode is padding-invariant)."""
+    from protclip.train.validate import validate
+
+    model, loss_fn, col = tiny("paper")
+    rows = short_rows(3) + row_batch(2)
+    rows[4]["text"] = rows[0]["text"]  # two rows with one text: both count as positives for each other
+    whole = col(rows, seed=0)
+    parts = [{k: v[:3] for k, v in whole.items()}, {k: v[3:] for k, v in whole.items()}]
+    padded = validate(model, loss_fn, iter(parts), torch.device("cpu"))
+    packed = validate(model, loss_fn, iter([pack_batch(p) for p in parts]), torch.device("cpu"))
+    assert padded["val/rows"] == packed["val/rows"] == 5
+    assert set(padded) == set(packed) and any(k.startswith("val/p2t_") for k in packed)
+    for k, v in padded.items():
+        assert_close_rounding(torch.tensor(packed[k]), torch.tensor(v), ULPS_NETWORK, dtype=torch.float32, msg=k)

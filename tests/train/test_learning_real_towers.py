@@ -27,9 +27,9 @@ pytestmark = pytest.mark.slow
 
 def _split_rows(n_train: int, n_test: int) -> tuple[list[dict], list[dict]]:
     data = shared_data_dir()
-    rows = [record_to_row(r) for r in parse_file(data / "uniprot_corpus/uniprot_corpus.dat.gz").records]
+    rows = [record_to_row(r) for r in parse_file(data / "uniprot_corpus/uniprot_corpus.dat.gz").records][:600]
     table, _ = make_holdout({r["accession"]: r["sequence"] for r in rows},
-                            HoldoutConfig(val_fraction=0.0, test_fraction=0.2, threads=1))
+                            HoldoutConfig(val_fraction=0.0, test_fraction=0.2, threads=2))
     split = dict(zip(table["accession"].to_pylist(), table["split"].to_pylist(), strict=True))
     train = [r for r in rows if split[r["accession"]] == "train"][:n_train]
     test = [r for r in rows if split[r["accession"]] == "test"][:n_test]
@@ -49,7 +49,7 @@ def test_short_run_learns_on_held_out_clusters():
     collate_eval = ProtCLIPCollator(ccfg, train=False, seed=0)
     before = pair_scores(model, collate_eval, test)
     hist = train_rows(model, ProtCLIPLoss(lcfg, mcfg), ProtCLIPCollator(ccfg, seed=0), train,
-                      QuickRun(steps=25, batch_size=16, lr=2e-3))
+                      QuickRun(steps=25, batch_size=16, lr=1e-3))
     after = pair_scores(model, collate_eval, test)
     print({"before": before, "after": after, "train_loss_first_last": (hist[0]["loss"], hist[-1]["loss"])})
     # GC loss on held-out pairs falls (measured: ~4.0 -> ~3.0; ln 64 = 4.16 is chance at any temperature)
