@@ -52,8 +52,10 @@ def init_ray(num_cpus: int | None = None, address: str | None = None, runtime_en
         return
     if num_cpus is None:
         num_cpus = max(4, os.cpu_count() or 1)
+    # address="local": always a new instance of our own, even when another local cluster is running (plain
+    # ray.init() would join that one and then refuse num_cpus)
     _start("could not start a local Ray instance on 127.0.0.1", lambda: ray.init(
-        num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
+        address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True,
         _node_ip_address="127.0.0.1"))
     _log.info("started a local Ray instance on 127.0.0.1 with %d logical CPUs", num_cpus)
 

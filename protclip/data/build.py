@@ -11,9 +11,15 @@ Pipeline (Ray Data, streaming; nothing is collected on one node):
 3. ``ProtAnnoSink`` writes the good rows as Parquet shards (optionally after the ``once`` sampling of the paper,
    i.e. ProtAnno-D) and returns per-shard statistics and the error rows to the driver, which writes
    ``manifest.json`` and ``malformed.jsonl``. Counts always add up: parsed + malformed (+ sampled out) = seen.
+   An input file that yields no entry at all (empty, FASTA, stray text) fails the build, naming the file.
 4. The held-out split is a global step: one Ray task reads accession + sequence back from the shards, clusters
    them with MMseqs2 (``build.holdout``), assigns whole clusters to train / val / test and writes
    ``_holdout.parquet``; the driver records the split in the manifest (:mod:`protclip.data.holdout`).
+5. Everything above is written into a new version folder ``<output>/v-<time>-<id>/``; only when it is complete
+   does the driver publish it by writing ``<output>/manifest.json`` (the pointer: the version's manifest plus
+   ``"version"``) last, in one atomic step (rename on local disk, one PUT on S3). A failed build never touches
+   the published version; the previous version is kept and older ones are removed (``build.keep_versions``).
+   Readers resolve the pointer (:func:`protclip.data.parquet_files.resolve_protanno`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import pyarrow.parquet as pq
 from protclip import storage
 from protclip.data.holdout import HoldoutConfig, make_holdout, sequences_from_tables, write_holdout
 from protclip.data.mmseqs import find_mmseqs, mmseqs_version
+from protclip.data.parquet_files import ProtAnnoFileError, resolve_protanno
 from protclip.data.sampling import SamplingConfig, keep_mask
 from protclip.data.schema import PROTANNO_SCHEMA, SCHEMA_VERSION, record_to_row
 from protclip.data.uniprot import (
@@ -70,7 +77,9 @@ class BuildConfig:
     rows_per_shard: int = 200_000  # Parquet shard size target (fewer, larger files scale better on S3)
     row_group_rows: int = 20_000  # Parquet row group = the training pipeline's read/shuffle unit; keep it small
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(mode="none"))  # "once" = ProtAnno-D
-    overwrite: bool = False  # refuse to write into a non-empty output unless set
+    overwrite: bool = False  # refuse to publish into a non-empty output unless set (the old version stays until
+    # the new one is complete, then the pointer moves; nothing is deleted before that)
+    keep_versions: int = 2  # published versions kept under the output (current + previous); older ones removed
     verify_crc: bool = True  # check the SQ-line CRC64 (cheap; catches corrupted sequences)
     max_malformed_fraction: float = 1.0  # fail the job (after writing the report) above this share
     # the held-out split written next to the shards (_holdout.parquet + manifest block); clusters by default
@@ -89,6 +98,12 @@ class BuildConfig:
             raise ValueError("sampling.mode 'per_epoch' is a training-time mode; use 'once' or 'none' at build time")
         if not 0.0 <= self.max_malformed_fraction <= 1.0:
             raise ValueError("max_malformed_fraction must be within [0, 1]")
+        if self.keep_versions < 1:
+            raise ValueError("build.keep_versions must be >= 1 (the published version itself)")
+
+
+class BuildInputError(ProtAnnoFileError):
+    """An input file of the build is unusable (empty, or nothing in it is a UniProt entry); names the file."""
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -184,10 +199,10 @@ def _read_tsv(uri: str, cfg) -> Iterator[pa.Table]:
         for res in iter_tsv_records(f, uri):
             buf.append(res)
             if len(buf) >= 20_000:
-                yield _results_table(buf)
+                yield _results_table(buf, [uri] * len(buf))
                 buf = []
         if buf:
-            yield _results_table(buf)
+            yield _results_table(buf, [uri] * len(buf))
 
 
 class UniProtRawDatasource:
@@ -255,10 +270,12 @@ def _bind(fn, *args):
 # ----------------------------------------------------------------------------------------------- parsing
 
 _ROW_FIELDS = [f.name for f in PROTANNO_SCHEMA]
-RESULT_SCHEMA = pa.schema(list(PROTANNO_SCHEMA) + [pa.field("_error", pa.struct(list(_ERROR_SCHEMA)))])
+# ``_source``: the input file of every result, so the driver can tell an input that yielded nothing
+RESULT_SCHEMA = pa.schema(list(PROTANNO_SCHEMA) + [pa.field("_error", pa.struct(list(_ERROR_SCHEMA))),
+                                                   pa.field("_source", pa.string())])
 
 
-def _results_table(results: list[UniProtRecord | MalformedRecord]) -> pa.Table:
+def _results_table(results: list[UniProtRecord | MalformedRecord], sources: list[str]) -> pa.Table:
     """Parsed results -> one table: good rows in the ProtAnno columns, bad ones in ``_error`` only."""
     cols: dict[str, list[Any]] = {n: [] for n in _ROW_FIELDS}
     errors: list[dict[str, Any] | None] = []
@@ -274,6 +291,7 @@ def _results_table(results: list[UniProtRecord | MalformedRecord]) -> pa.Table:
             errors.append(None)
     arrays = [pa.array(cols[f.name], type=f.type) for f in PROTANNO_SCHEMA]
     arrays.append(pa.array(errors, type=RESULT_SCHEMA.field("_error").type))
+    arrays.append(pa.array(sources, type=pa.string()))
     return pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
 
 
@@ -292,9 +310,12 @@ class ParseBlock:
                                                    d["error"], strict=True):
             by_source.setdefault(src, []).append(RawRecord(off, line, data, term, err))
         results: list[UniProtRecord | MalformedRecord] = []
+        sources: list[str] = []
         for src, raws in by_source.items():  # one raw record may yield several results (glued entries)
-            results += parse_raw_batch(raws, src, self.verify_crc)
-        return _results_table(results)
+            parsed = parse_raw_batch(raws, src, self.verify_crc)
+            results += parsed
+            sources += [src] * len(parsed)
+        return _results_table(results, sources)
 
 
 def _parse_batch(batch: pa.Table, verify_crc: bool = True) -> pa.Table:
@@ -334,7 +355,7 @@ class ProtAnnoSink:
     def write_blocks(self, blocks: Iterable[pa.Table], task_index: int) -> dict[str, Any]:
         tables = [b for b in blocks if b.num_rows]
         result: dict[str, Any] = {"files": [], "errors": [], "seen": 0, "parsed": 0, "sampled_out": 0,
-                                  "sampled_out_hist": {}, "hist": {}}
+                                  "sampled_out_hist": {}, "hist": {}, "parsed_by_source": {}}
         if not tables:
             return result
         t = pa.concat_tables(tables)
@@ -343,6 +364,9 @@ class ProtAnnoSink:
         is_err = pa.compute.is_valid(err)
         bad = t.filter(is_err)
         good = t.filter(pa.compute.invert(is_err)).drop_columns(["_error"])
+        counts = good.column("_source").value_counts().to_pylist()
+        result["parsed_by_source"] = {c["values"]: c["counts"] for c in counts}
+        good = good.drop_columns(["_source"])
         result["errors"] = bad.column("_error").to_pylist()
         result["parsed"] = good.num_rows
         good = good.cast(PROTANNO_SCHEMA)
@@ -451,11 +475,13 @@ def _ray_get(ref: Any) -> Any:
 
 @dataclass
 class BuildResult:
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # as published (the pointer: the version's manifest + "version")
     errors: list[dict[str, Any]]
+    version_uri: str = ""  # the version folder holding the shards, reports and the held-out split
 
 
-def _check_output(output: str, cfg, overwrite: bool) -> None:
+def _prepare_version(output: str, cfg, overwrite: bool) -> str:
+    """Check the output, create a fresh version folder in it and return its URI; never deletes anything."""
     fs, path = storage.filesystem(output, cfg)
     storage.check_access(output, cfg, write=True)
     if fs.exists(path):
@@ -463,49 +489,203 @@ def _check_output(output: str, cfg, overwrite: bool) -> None:
         if existing and not overwrite:
             raise storage.StorageError(
                 f"output {output} is not empty ({len(existing)} entries); set build.overwrite=true or pick a new folder")
-        if existing:
-            for p in existing:
-                fs.rm(p, recursive=True)
-    else:
-        fs.makedirs(path, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    name = f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+    fs.makedirs(f"{path.rstrip('/')}/{name}", exist_ok=True)
+    return storage.join(output, name)
+
+
+#: version folders are named ``v-<UTC time>-<random>``: sortable by time, unique across concurrent builds
+VERSION_PREFIX = "v-"
+_FASTA_HINT = "this looks like FASTA (a '>' header line); the build reads UniProtKB flat files (.dat) or TSV exports"
+
+
+def describe_content(head: bytes) -> str:
+    """What the first bytes of an input look like, for the error about an input without any UniProt entry."""
+    text = head.lstrip()
+    if not text:
+        return "it is empty or only whitespace"
+    if text.startswith(b">"):
+        return _FASTA_HINT
+    if head.startswith(b"PAR1"):
+        return "this looks like a Parquet file (give it as data.uri, not as a build input)"
+    if text.startswith((b"<?xml", b"<uniprot", b"<!DOCTYPE", b"<html")):
+        return "this looks like XML/HTML; the build reads UniProtKB flat files (.dat) or TSV exports"
+    if text.startswith((b"{", b"[")):
+        return "this looks like JSON; the build reads UniProtKB flat files (.dat) or TSV exports"
+    if b"\x00" in head[:4096]:
+        return "this looks like binary data, not a UniProtKB flat file"
+    first = text.split(b"\n", 1)[0][:60].decode("utf-8", "replace")
+    return f"no line starts with 'ID   ' (it begins {first!r}); not a UniProtKB flat file"
+
+
+def _head(uri: str, cfg, n: int = 4096) -> bytes:
+    import gzip
+    import zlib
+
+    with _open(uri, cfg) as f:
+        raw = f.read(n)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, n)
+        except (zlib.error, gzip.BadGzipFile) as e:
+            return f"<unreadable gzip: {e}>".encode()
+    return raw
+
+
+def check_inputs(files: list[InputFile], cfg) -> None:
+    """Before any Ray work: an empty file or a FASTA file among the inputs is an error naming the file."""
+    for fi in files:
+        if fi.size == 0:
+            raise BuildInputError(f"build input {storage.redact(fi.uri)} is empty (0 bytes)")
+        if fi.kind.startswith("dat"):
+            head = _head(fi.uri, cfg)
+            if head.lstrip().startswith(b">") or head.startswith(b"PAR1") or not head.strip():
+                raise BuildInputError(f"build input {storage.redact(fi.uri)} holds no UniProt entry: "
+                                      f"{describe_content(head)}")
+
+
+_NOT_AN_ENTRY = ("stray text", "empty record", "binary", "not utf-8", "no id line")
+
+
+def check_every_input_parsed(files: list[InputFile], results: list[dict[str, Any]],
+                             errors: list[dict[str, Any]], cfg) -> None:
+    """After parsing: every input must yield at least one entry (an input that yields none is a wrong file)."""
+    parsed: Counter[str] = Counter()
+    for r in results:
+        parsed.update(r.get("parsed_by_source", {}))
+    bad_by_source: Counter[str] = Counter(e["source"] for e in errors)
+    for fi in files:
+        if parsed[fi.uri]:
+            continue
+        n_bad = bad_by_source[fi.uri]
+        reasons = {e["reason"].lower() for e in errors if e["source"] == fi.uri}
+        if n_bad and not all(any(k in r for k in _NOT_AN_ENTRY) for r in reasons):
+            what = f"all {n_bad} of its entries are malformed (see malformed.jsonl of the failed version)"
+        else:
+            what = describe_content(_head(fi.uri, cfg))
+        raise BuildInputError(f"build input {storage.redact(fi.uri)}: no UniProt entry parsed ({n_bad} problem(s) "
+                              f"reported): {what}")
 
 
 def run_build(cfg: BuildConfig, storage_cfg: storage.StorageConfig | None = None) -> BuildResult:
-    """Run the ProtAnno build on the current Ray instance and write the manifest; returns it."""
+    """Build into a new version folder and publish it atomically; returns the manifest.
+
+    On any failure the published version (if any) stays as it was; the unpublished folder is removed, except
+    when the malformed share is too high (its ``malformed.jsonl`` is kept for inspection and named).
+    """
     import ray
 
     t0 = time.time()
     storage_cfg = (storage_cfg or storage.StorageConfig()).resolved()
     files = list_inputs(cfg.inputs, storage_cfg)
-    _check_output(cfg.output, storage_cfg, cfg.overwrite)
-    if cfg.holdout.needs_mmseqs:
-        _ray_get(ray.remote(num_cpus=0)(_preflight_mmseqs).remote())
-    source = UniProtRawDatasource(files, storage_cfg, cfg.chunk_bytes)
-    sink = ProtAnnoSink(cfg.output, storage_cfg, cfg.sampling, cfg.rows_per_shard, cfg.row_group_rows)
-    ds = ray.data.read_datasource(source.as_ray_datasource(), override_num_blocks=max(1, len(source.units)))
-    ds = ds.map_batches(_parse_batch, fn_kwargs={"verify_crc": cfg.verify_crc}, batch_format="pyarrow",
-                        batch_size=None)
-    ray_sink = sink.as_ray_datasink()
-    ds.write_datasink(ray_sink)
-    results = ray_sink.results
-    holdout: dict[str, Any] = {"mode": "none"}
-    if cfg.holdout.mode != "none":
-        names = [f["name"] for r in results for f in r["files"]]
-        task = ray.remote(num_cpus=cfg.holdout.threads)(compute_holdout)
-        holdout = _ray_get(task.remote(cfg.output, names, cfg.holdout, storage_cfg))
-    manifest, errors = summarise(cfg, files, results, time.time() - t0)
-    manifest["holdout"] = holdout
-    _write_reports(cfg.output, storage_cfg, manifest, errors)
-    _log.info("ProtAnno build: %d rows in %d shards, %d malformed records, %.1f s", manifest["rows"],
-              len(manifest["shards"]), manifest["malformed"], manifest["seconds"])
+    check_inputs(files, storage_cfg)
+    version_uri = _prepare_version(cfg.output, storage_cfg, cfg.overwrite)
+    keep_failed = False
+    try:
+        if cfg.holdout.needs_mmseqs:
+            _ray_get(ray.remote(num_cpus=0)(_preflight_mmseqs).remote())
+        source = UniProtRawDatasource(files, storage_cfg, cfg.chunk_bytes)
+        sink = ProtAnnoSink(version_uri, storage_cfg, cfg.sampling, cfg.rows_per_shard, cfg.row_group_rows)
+        ds = ray.data.read_datasource(source.as_ray_datasource(), override_num_blocks=max(1, len(source.units)))
+        ds = ds.map_batches(_parse_batch, fn_kwargs={"verify_crc": cfg.verify_crc}, batch_format="pyarrow",
+                            batch_size=None)
+        ray_sink = sink.as_ray_datasink()
+        ds.write_datasink(ray_sink)
+        results = ray_sink.results
+        manifest, errors = summarise(cfg, files, results, time.time() - t0)
+        check_every_input_parsed(files, results, errors, storage_cfg)
+        holdout: dict[str, Any] = {"mode": "none"}
+        if cfg.holdout.mode != "none":
+            names = [f["name"] for r in results for f in r["files"]]
+            task = ray.remote(num_cpus=cfg.holdout.threads)(compute_holdout)
+            holdout = _ray_get(task.remote(version_uri, names, cfg.holdout, storage_cfg))
+        manifest["holdout"] = holdout
+        manifest["seconds"] = round(time.time() - t0, 2)
+        _write_reports(version_uri, storage_cfg, manifest, errors)
+        if manifest["seen"] and manifest["malformed"] / manifest["seen"] > cfg.max_malformed_fraction:
+            keep_failed = True
+            raise BuildInputError(
+                f"{manifest['malformed']} of {manifest['seen']} records malformed "
+                f"(> {cfg.max_malformed_fraction:.1%}); nothing published; see "
+                f"{storage.redact(storage.join(version_uri, 'malformed.jsonl'))}")
+    except BaseException:
+        if not keep_failed:
+            _remove_quietly(version_uri, storage_cfg)
+        raise
+    manifest = publish(cfg.output, version_uri, manifest, storage_cfg)
+    removed = collect_garbage(cfg.output, storage_cfg, cfg.keep_versions)
+    _log.info("ProtAnno build: %d rows in %d shards, %d malformed records, %.1f s; published %s (removed %d old "
+              "version(s))", manifest["rows"], len(manifest["shards"]), manifest["malformed"], manifest["seconds"],
+              manifest["version"], len(removed))
     if holdout["mode"] != "none":
         _log.info("held-out split (%s): %d clusters; clusters %s; rows %s; %.1f s", holdout["mode"],
                   holdout["n_clusters"], holdout["clusters"], holdout["rows"], holdout["seconds"])
-    if manifest["seen"] and manifest["malformed"] / manifest["seen"] > cfg.max_malformed_fraction:
-        raise RuntimeError(
-            f"{manifest['malformed']} of {manifest['seen']} records malformed (> {cfg.max_malformed_fraction:.1%}); "
-            f"see {storage.join(cfg.output, 'malformed.jsonl')}")
-    return BuildResult(manifest, errors)
+    return BuildResult(manifest, errors, version_uri)
+
+
+def _remove_quietly(uri: str, cfg) -> None:
+    """Remove an unpublished version folder; a failure to clean up is logged, never hides the build's error."""
+    fs, path = storage.filesystem(uri, cfg)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except OSError as e:
+        _log.warning("could not remove the unpublished build folder %s: %s", storage.redact(uri), e)
+
+
+def _write_atomic(fs: Any, path: str, text: str) -> None:
+    """One object appears complete or not at all: rename on local disk; one PUT on object stores."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, text.encode("utf-8"))
+
+
+def publish(output: str, version_uri: str, manifest: dict[str, Any], cfg) -> dict[str, Any]:
+    """Point ``<output>/manifest.json`` at the finished version: the last write of a build."""
+    fs, base = storage.filesystem(output, cfg)
+    old = read_manifest_or_none(output, cfg)
+    previous = None if old is None else old.get("version", "")  # "": a flat, pre-versioning build
+    pointer = manifest | {"version": version_uri.rstrip("/").rsplit("/", 1)[-1], "previous_version": previous}
+    _write_atomic(fs, f"{base.rstrip('/')}/manifest.json", json.dumps(pointer, indent=2))
+    return pointer
+
+
+def collect_garbage(output: str, cfg, keep: int) -> list[str]:
+    """Remove versions beyond the newest ``keep`` published ones (unpublished/failed folders included).
+
+    The published version and, with ``keep >= 2``, the one it replaced are never removed. A pre-versioning
+    (flat) build counts as the previous version: its shards and reports are removed once it falls out.
+    """
+    fs, base = storage.filesystem(output, cfg)
+    base = base.rstrip("/")
+    pointer = read_manifest_or_none(output, cfg) or {}
+    current, previous = pointer.get("version"), pointer.get("previous_version")
+    keep_names = [current] + ([previous] if keep >= 2 and previous is not None else [])
+    entries = fs.ls(base, detail=True)
+    versions = sorted((os.path.basename(e["name"].rstrip("/")) for e in entries
+                       if e["type"] == "directory" and os.path.basename(e["name"].rstrip("/")).startswith(
+                           VERSION_PREFIX)), reverse=True)
+    published_older = [v for v in versions if v not in keep_names]
+    removed: list[str] = []
+    for v in published_older:
+        fs.rm(f"{base}/{v}", recursive=True)
+        removed.append(v)
+    if "" not in keep_names:  # a flat, pre-versioning build left at the top level
+        flat = [e["name"] for e in entries if e["type"] == "file" and os.path.basename(e["name"]).endswith(
+            (".parquet", ".jsonl"))]
+        for path in flat:
+            fs.rm(path)
+        if flat:
+            removed.append("(flat build)")
+    return removed
 
 
 def summarise(cfg: BuildConfig, files: list[InputFile], results: list[dict[str, Any]],
@@ -563,14 +743,28 @@ def _write_reports(output: str, cfg, manifest: dict[str, Any], errors: list[dict
     with fs.open(f"{base}/malformed.jsonl", "w") as f:
         for e in errors:
             f.write(json.dumps(e) + "\n")
-    with fs.open(f"{base}/manifest.json", "w") as f:  # written last: its presence marks a complete build
+    with fs.open(f"{base}/manifest.json", "w") as f:  # the version's own manifest (the pointer comes later)
         f.write(json.dumps(manifest, indent=2))
 
 
-def read_manifest(output: str, cfg: storage.StorageConfig | None = None) -> dict[str, Any]:
+def read_manifest_or_none(output: str, cfg: storage.StorageConfig | None = None) -> dict[str, Any] | None:
+    """The manifest at the top of ``output`` (the pointer, or a pre-versioning build's manifest), or None."""
     fs, base = storage.filesystem(output, cfg)
-    path = f"{base}/manifest.json"
+    path = f"{base.rstrip('/')}/manifest.json"
     if not fs.exists(path):
-        raise storage.StorageError(f"{output} has no manifest.json: not a complete ProtAnno build")
+        return None
     with fs.open(path, "r") as f:
         return json.load(f)
+
+
+def read_manifest(output: str, cfg: storage.StorageConfig | None = None) -> dict[str, Any]:
+    """The published manifest of a ProtAnno output (error when none was published)."""
+    manifest = read_manifest_or_none(output, cfg)
+    if manifest is None:
+        raise storage.StorageError(f"{output} has no manifest.json: not a complete ProtAnno build")
+    return manifest
+
+
+def published_folder(output: str, cfg: storage.StorageConfig | None = None) -> str:
+    """The folder holding the published shards of ``output`` (its version folder; itself for flat builds)."""
+    return resolve_protanno(output, cfg)

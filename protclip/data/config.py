@@ -64,6 +64,11 @@ class DataConfig:
     # the read tasks' request also keeps Ray from fusing the two stages (fused, a task would bundle
     # `shuffle_buffer` row groups instead of `shuffle_buffer` rows)
     collate_memory_mb: int = 512
+    # shard check against the build manifest when a run starts (protclip.data.verify), in parallel Ray tasks:
+    # "full" = size + SHA-256 of every shard; "sampled" = size of every shard + SHA-256 of `verify_sample` of them
+    # (all of them when there are fewer); "size" = sizes only; "off" = none (folders without a manifest: none)
+    verify: Literal["full", "sampled", "size", "off"] = "sampled"
+    verify_sample: int = 16  # shards hashed in "sampled" mode (chosen by `seed`)
 
     def __post_init__(self) -> None:
         if isinstance(self.sampling, dict):  # tolerate plain dicts (e.g. DataConfig(**yaml_section))
@@ -100,6 +105,10 @@ class DataConfig:
             raise ValueError(f"data.map_num_cpus must be > 0, got {self.map_num_cpus}")
         if self.collate_memory_mb < 1:
             raise ValueError(f"data.collate_memory_mb must be >= 1, got {self.collate_memory_mb}")
+        if self.verify not in ("full", "sampled", "size", "off"):
+            raise ValueError(f"data.verify must be 'full', 'sampled', 'size' or 'off', got {self.verify!r}")
+        if self.verify_sample < 1:
+            raise ValueError(f"data.verify_sample must be >= 1, got {self.verify_sample}")
         if self.map_concurrency is not None and self.map_concurrency < 1:
             raise ValueError(f"data.map_concurrency must be >= 1 or null, got {self.map_concurrency}")
         for name in ("seed", "val_seed"):

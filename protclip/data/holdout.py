@@ -174,6 +174,9 @@ def read_protanno_manifest(uri: str, storage_cfg: storage.StorageConfig | None =
 
 def read_holdout(uri: str, storage_cfg: storage.StorageConfig | None = None) -> pa.Table:
     """The ProtAnno folder's holdout table, checked against the sha256 its manifest recorded."""
+    from protclip.data.parquet_files import resolve_protanno
+
+    uri = resolve_protanno(uri, storage_cfg)  # a versioned build: the published version folder
     manifest = read_protanno_manifest(uri, storage_cfg)
     block = (manifest or {}).get("holdout")
     if not block or block.get("mode") == "none":

@@ -7,7 +7,9 @@ also yields the row groups, which are the units the pipeline reads and shuffles.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,14 +18,52 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protclip.data.schema import PROTANNO_SCHEMA, SchemaMismatchError, validate_table
-from protclip.storage import filesystem, is_remote, redact, scheme_of
+from protclip.storage import filesystem, is_remote, join, redact, scheme_of
 
 #: files under the URI that are not data (Spark/Ray markers, manifests, checksums)
 _SKIP_PREFIXES = ("_", ".")
 
 
 class ProtAnnoFileError(ValueError):
-    """One or more Parquet files under the data URI are unreadable or not ProtAnno; names every such file."""
+    """One or more Parquet files under the data URI are unreadable or not ProtAnno; names every such file.
+
+    Damage found while reading also carries ``path``, ``row_group`` and ``column`` (None where unknown).
+    """
+
+    path: str | None = None
+    row_group: int | None = None
+    column: str | None = None
+
+
+def resolve_protanno(uri: str, storage_cfg: Any = None) -> str:
+    """The folder that holds the published shards of a ProtAnno output.
+
+    A versioned build publishes ``<uri>/manifest.json`` with a ``version`` key naming the folder
+    ``<uri>/<version>/`` (:mod:`protclip.data.build`); readers follow it. Anything else (a pre-versioning build,
+    plain Parquet, a single file, a key prefix) is returned unchanged.
+    """
+    if not uri:
+        return uri
+    fs, path = filesystem(uri, storage_cfg)
+    pointer = f"{path.rstrip('/')}/manifest.json"
+    try:
+        if not fs.isfile(pointer):
+            return uri
+        with fs.open(pointer, "r") as f:
+            version = json.load(f).get("version")
+    except FileNotFoundError:
+        return uri
+    except (OSError, ValueError) as e:
+        raise ProtAnnoFileError(f"{redact(uri)}/manifest.json: cannot be read ({type(e).__name__}: "
+                                f"{redact(str(e))[:200]})") from None
+    if not isinstance(version, str) or not version.startswith("v-"):  # not a ProtAnno build pointer
+        return uri
+    if "/" in version:
+        raise ProtAnnoFileError(f"{redact(uri)}/manifest.json: version {version!r} is not a folder name")
+    if not fs.isdir(f"{path.rstrip('/')}/{version}"):
+        raise ProtAnnoFileError(f"{redact(uri)}/manifest.json points to version {version}, which is missing "
+                                f"(removed by hand?); rebuild the folder")
+    return join(uri, version)
 
 
 @dataclass(frozen=True)
@@ -139,6 +179,7 @@ def inspect_parquet(uri: str, storage_cfg: Any = None, *, max_threads: int = 16)
     """List and validate every Parquet file under ``uri``; raise :class:`ProtAnnoFileError` naming bad files."""
     if not uri:
         raise ProtAnnoFileError("data.uri is empty: set it to the ProtAnno Parquet folder (local path or s3://...)")
+    uri = resolve_protanno(uri, storage_cfg)
     fs, path = filesystem(uri, storage_cfg)
     paths = list_parquet_files(fs, path, uri)
     with ThreadPoolExecutor(max_workers=max(1, min(max_threads, len(paths)))) as pool:
@@ -161,17 +202,45 @@ def inspect_parquet(uri: str, storage_cfg: Any = None, *, max_threads: int = 16)
     return inv
 
 
+def _damage(uri: str, fragment: Fragment, column: str | None, e: Exception) -> ProtAnnoFileError:
+    where = f"row group {fragment.row_group}" + (f", column {column!r}" if column else "")
+    err = ProtAnnoFileError(f"{display_path(uri, fragment.path)}: {where} is corrupt ({type(e).__name__}: "
+                            f"{redact(str(e))[:300]}); rebuild or restore this shard")
+    err.path, err.row_group, err.column = display_path(uri, fragment.path), fragment.row_group, column
+    return err
+
+
+def _find_bad_column(fs: Any, fragment: Fragment, columns: list[str]) -> tuple[str | None, Exception | None]:
+    """Read and validate the columns one at a time to name the damaged one (only after a failure: cheap enough)."""
+    try:
+        with open_input(fs, fragment.path) as f:
+            pf = pq.ParquetFile(f)
+            for c in columns:
+                try:
+                    pf.read_row_group(fragment.row_group, columns=[c]).validate(full=True)
+                except Exception as e:
+                    return c, e
+    except Exception as e:  # the file itself cannot be opened: no column to blame
+        return None, e
+    return None, None
+
+
 def read_fragment(fs: Any, fragment: Fragment, columns: list[str], uri: str = "") -> pa.Table:
-    """Only ``columns`` of one row group; errors name the file and row group."""
+    """Only ``columns`` of one row group; damage raises one :class:`ProtAnnoFileError` naming the file, the row
+    group and the column.
+
+    ``validate(full=True)`` checks what Parquet decoding does not, notably that strings are valid UTF-8 (random
+    bytes in a page otherwise surface later as a ``UnicodeDecodeError`` deep in a worker); it costs a pass over
+    the bytes read, small next to decompression.
+    """
     try:
         with open_input(fs, fragment.path) as f:
             # pre_buffer: the needed column chunks are fetched in a few coalesced, concurrent range reads
             table = pq.ParquetFile(f, pre_buffer=True).read_row_group(fragment.row_group, columns=columns)
+        table.validate(full=True)
     except Exception as e:
-        raise ProtAnnoFileError(
-            f"{display_path(uri, fragment.path)}: cannot read row group {fragment.row_group} "
-            f"({type(e).__name__}: {redact(str(e))[:300]})"
-        ) from None
+        column, cause = _find_bad_column(fs, fragment, columns)
+        raise _damage(uri, fragment, column, cause or e) from None
     if table.num_rows != fragment.num_rows:
         raise ProtAnnoFileError(
             f"{display_path(uri, fragment.path)}: row group {fragment.row_group} has {table.num_rows} rows, "
@@ -183,3 +252,39 @@ def read_fragment(fs: Any, fragment: Fragment, columns: list[str], uri: str = ""
 def needed_types(columns: list[str]) -> pa.Schema:
     """The ProtAnno types of ``columns`` (for empty results with the right schema)."""
     return pa.schema([PROTANNO_SCHEMA.field(c) for c in columns])
+
+
+_WRAPPED = re.compile(r"ProtAnnoFileError: (?P<msg>[^\n]+)")
+_WHERE = re.compile(r"^(?P<path>.+?): row group (?P<rg>\d+)(?:, column '(?P<col>[^']+)')? is corrupt")
+
+
+def protanno_error_of(exc: BaseException) -> ProtAnnoFileError | None:
+    """The :class:`ProtAnnoFileError` behind ``exc``, so a driver can print its one line instead of the wrapped
+    tracebacks.
+
+    Ray wraps task errors in ``RayTaskError``; Ray Data wraps a failing map function in ``UserCodeException``,
+    whose pickled form keeps the original only as traceback text. The error is then rebuilt from that text
+    (the message names shard, row group and column in a fixed form, see :func:`read_fragment`).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    texts: list[str] = []
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ProtAnnoFileError):  # possibly Ray's RayTaskError(ProtAnnoFileError): take its cause
+            cause = getattr(e, "cause", None)
+            return cause if isinstance(cause, ProtAnnoFileError) else e
+        texts.append(str(e))
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    for text in texts:
+        m = _WRAPPED.search(re.sub(r"\x1b\[[0-9;]*m", "", text))
+        if m:
+            err = ProtAnnoFileError(m["msg"].strip())
+            where = _WHERE.match(err.args[0])
+            if where:
+                err.path, err.row_group, err.column = where["path"], int(where["rg"]), where["col"]
+            return err
+    return None

@@ -73,7 +73,10 @@ def detect_format(uri: str, fmt: str, kind: Kind) -> str:
 
 def list_inputs(uri: str, storage: st.StorageConfig | None = None) -> list[str]:
     """The input files of ``uri``: the file itself, every non-hidden file of a folder (sorted), or a glob's
-    matches. Returned as URIs of the same scheme."""
+    matches. Returned as URIs of the same scheme. A versioned ProtAnno build folder lists its published version."""
+    from protclip.data.parquet_files import resolve_protanno
+
+    uri = resolve_protanno(uri, storage)
     fs, path = st.filesystem(uri, storage)
     scheme = st.scheme_of(uri)
     prefix = "" if scheme in ("file", "local") else f"{scheme}://"

@@ -22,7 +22,7 @@ from protclip.data.holdout import (
     read_holdout,
     resolve_training_split,
 )
-from protclip.data.parquet_files import inspect_parquet
+from protclip.data.parquet_files import inspect_parquet, resolve_protanno
 from protclip.data.pipeline import sampled_rows
 from protclip.data.sampling import SamplingConfig
 from protclip.eval.suites.retrieval import RetrievalConfig, load_pairs
@@ -115,7 +115,7 @@ def test_retrieval_reads_one_split_of_the_folder(built):
 def test_stale_or_missing_split_is_a_clear_error(built, tmp_path):
     out, m = built
     copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
+    shutil.copytree(resolve_protanno(out), copy)  # the published version folder (its own manifest.json)
     (copy / m["shards"][0]["name"]).unlink()  # a shard gone since the build
     cfg = DataConfig(uri=str(copy))
     with pytest.raises(HoldoutError, match="stale"):

@@ -5,8 +5,9 @@ A fuzzed UniProt flat file is assembled from the real samples plus damaged units
 invalid residues, an empty record, a 100k-residue entry, non-standard residues, CRLF line ends, a record cut at
 EOF). The guarantee checked, unit by unit: every good entry is kept (same accession, same byte offset, same
 sequence), every bad unit is reported exactly once at its byte offset, nothing else appears, and the counts add
-up. The same file goes through the distributed build job (Ray Data, small chunks, plus an empty input file),
-whose Parquet rows and ``malformed.jsonl`` must equal the pure parser's result.
+up. The same file goes through the distributed build job (Ray Data, small chunks), whose Parquet rows and
+``malformed.jsonl`` must equal the pure parser's result (an empty input file fails the build:
+``tests/data/test_atomic_build.py``).
 
 Also: truncated ``.gz`` downloads, empty/whitespace/binary-only files, the documented residue policy (parser and
 tokenizer) and corrupt or schema-mismatched Parquet shards (one error naming each bad file).
@@ -201,7 +202,7 @@ def test_corrupt_data_page_behind_a_valid_footer_is_named(uniprot_dat, tmp_path)
     for k in range(start + 40, start + col.total_compressed_size - 8):
         raw[k] ^= 0x5A
     path.write_bytes(bytes(raw))
-    with pytest.raises(ProtAnnoFileError, match=r"part-00000\.parquet: cannot read row group 1"):
+    with pytest.raises(ProtAnnoFileError, match=r"part-00000\.parquet: row group 1, column 'sequence' is corrupt"):
         read_fragment(inv.fs, inv.fragments[1], ["accession", "sequence"], str(tmp_path))
     assert read_fragment(inv.fs, inv.fragments[0], ["accession", "sequence"], str(tmp_path)).num_rows == 20
 
@@ -211,16 +212,16 @@ def test_corrupt_data_page_behind_a_valid_footer_is_named(uniprot_dat, tmp_path)
 
 @pytest.mark.ray
 def test_build_job_on_fuzzed_input_loses_nothing(ray_local, fuzz, tmp_path):
-    """The distributed build (Ray Data, ~30 record-aligned chunks) on the fuzzed file plus an empty file: Parquet
-    rows and malformed.jsonl equal the pure parser's results; manifest counts add up."""
+    """The distributed build (Ray Data, ~30 record-aligned chunks) on the fuzzed file: Parquet rows and
+    malformed.jsonl equal the pure parser's results; manifest counts add up."""
     from protclip.data.build import BuildConfig, run_build
 
     src = tmp_path / "in"
     src.mkdir()
     (src / "fuzz.dat").write_bytes(fuzz.data)
-    (src / "zz-empty.dat").write_bytes(b"")
-    out = tmp_path / "protanno"
-    res = run_build(BuildConfig(inputs=[str(src)], output=str(out), chunk_bytes=64 << 10, rows_per_shard=40))
+    res = run_build(BuildConfig(inputs=[str(src)], output=str(tmp_path / "protanno"), chunk_bytes=64 << 10,
+                                rows_per_shard=40))
+    out = Path(res.version_uri)  # the published version folder
     m = res.manifest
     assert m["seen"] == m["parsed"] + m["malformed"] and m["rows"] == m["parsed"]
     rows = [r for f in sorted(out.glob("part-*.parquet")) for r in pq.read_table(f).to_pylist()]

@@ -52,8 +52,12 @@ def test_short_run_learns_on_held_out_clusters():
                       QuickRun(steps=25, batch_size=16, lr=1e-3))
     after = pair_scores(model, collate_eval, test)
     print({"before": before, "after": after, "train_loss_first_last": (hist[0]["loss"], hist[-1]["loss"])})
-    # GC loss on held-out pairs falls (measured: ~4.0 -> ~3.0; ln 64 = 4.16 is chance at any temperature)
-    assert after["gc_loss"] < before["gc_loss"] - 0.1
-    # and retrieval beats chance (measured R@10 ~0.4 against chance ~0.16)
-    assert after["p2t_r10"] > 1.5 * after["chance_r10"]
+    # Measured (2-core AMD EPYC, torch 2.13 CPU): GC loss 4.295 -> 4.138 on the 64 held-out pairs, p2t R@10
+    # 0.141 -> 0.266 against a chance level of 0.165 (duplicate texts raise it above 10/64), t2p R@10
+    # 0.125 -> 0.313. Required: a GC drop of 0.05 (measured 0.157) and R@10 at least 2 hits in 64 above chance
+    # (measured 6 and 10): room for another CPU's rounding to take a slightly different trajectory, while an
+    # untrained model (or one whose objective no longer aligns the towers) fails.
+    assert after["gc_loss"] < before["gc_loss"] - 0.05
+    assert after["p2t_r10"] > after["chance_r10"] + 2 / len(test)
+    assert after["t2p_r10"] > after["chance_r10"] + 2 / len(test)
     assert after["p2t_r10"] > before["p2t_r10"]
