@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_HOST", "MlflowServer", "MlflowServerError", "free_port", "server_command", "start_server",
-           "main"]
+           "ui_command", "main"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -116,6 +116,22 @@ def server_command(backend_store_uri: str, artifacts_destination: str, host: str
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
     return cmd + list(extra_args or [])
+
+
+def ui_command(tracking_uri: str, port: int = DEFAULT_PORT) -> str:
+    """The lean command to browse ``tracking_uri`` (what jobs print): this module through
+    ``cluster/mlflow/serve_local.sh``: one worker, 127.0.0.1, no GenAI job runner. Plain ``mlflow ui`` starts 4
+    uvicorn workers and 7 job consumers (~3.4 GB)."""
+    import shlex
+
+    from protclip.paths import REPO_ROOT
+
+    script = REPO_ROOT / "cluster" / "mlflow" / "serve_local.sh"
+    root = "mlflow-ui"
+    if tracking_uri.startswith("sqlite:///"):
+        root = str(Path(tracking_uri[len("sqlite:///"):]).parent / "mlflow-ui")
+    return (f"{shlex.quote(str(script))} --backend-store-uri {shlex.quote(tracking_uri)} --root {shlex.quote(root)} "
+            f"--port {port}   (then http://{DEFAULT_HOST}:{port})")
 
 
 def _tail(path: Path, n: int = 30) -> str:

@@ -6,8 +6,12 @@ driver calls :func:`open_run` once and hands the run id to whoever logs (a Train
 ``@ray.remote`` task, a LoRA job); each of those builds a :class:`RunLogger` from ``(run_id, tracking_uri)``.
 
 Everything that leaves the process is scrubbed: params are the flattened config passed through
-``protclip.storage.redact_mapping`` and truncated to MLflow's limits (keys 250, values 500 chars), tags and text
-artifacts are passed through ``redact``. Metric values that are None, NaN or inf are dropped (MLflow rejects or
+``protclip.storage.redact_mapping`` and kept short (a list of named entries such as ``eval.suites`` becomes its names;
+any other value over 500 chars is cut, the full config is the ``config/config.yaml`` artifact), tags and text
+artifacts are passed through ``redact``. Every run gets MLflow's standard source tags (``mlflow.user``,
+``mlflow.source.name``, ``mlflow.source.git.commit``), so the UI shows who ran what from which commit.
+
+A run ends FAILED when its job raised, KILLED on Ctrl-C or SIGTERM (``ray job stop``): :func:`run_guard`. Metric values that are None, NaN or inf are dropped (MLflow rejects or
 mis-plots them); :attr:`RunLogger.dropped_metrics` counts them.
 
 Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts`` (the file store is
@@ -17,13 +21,14 @@ a sqlite file on the driver's disk is not reachable from workers on other nodes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,11 @@ __all__ = [
     "open_run",
     "RunLogger",
     "NullLogger",
+    "run_guard",
+    "JobTerminated",
+    "source_tags",
+    "log_dataset_input",
+    "start_system_metrics",
     "logger_for_rank",
     "MAX_KEY_LEN",
     "MAX_VALUE_LEN",
@@ -65,10 +75,14 @@ class TrackingConfig:
     run_name: str | None = None  # MLflow run name; default: the job's own name (e.g. storage.name)
     artifact_location: str | None = None  # for a NEW experiment; default <dir of sqlite db>/mlartifacts
     enabled: bool = True  # false: nothing is logged (open_run returns None, loggers are no-ops)
+    system_metrics: bool = True  # CPU/GPU/memory/disk/network per node (MLflow's system metrics, system/<node>/...)
+    system_metrics_interval_s: float = 10.0  # seconds between two system metric samples
 
     def __post_init__(self) -> None:
         if not self.experiment or not self.experiment.strip():
             raise ValueError("tracking.experiment must be a non-empty name")
+        if self.system_metrics_interval_s <= 0:
+            raise ValueError("tracking.system_metrics_interval_s must be > 0")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -112,6 +126,13 @@ def _truncate(s: str, n: int) -> str:
 def _param_value(v: Any) -> str:
     if v is None:
         return "None"
+    if isinstance(v, str) and v.startswith("[{"):  # flatten() JSON-encodes lists: look at the entries again
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return v
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) and x.get("name") for x in v):
+        return ", ".join(str(x["name"]) for x in v)  # eval.suites & co: the names; the rest is in config.yaml
     if isinstance(v, (dict, list, tuple)):
         return json.dumps(v, default=str)
     return str(v)
@@ -140,7 +161,9 @@ def _flatten_mapping(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _is_secret_key(key: str) -> bool:
     leaf = key.lower()
-    return leaf in SECRET_FIELDS or any(s in leaf for s in ("secret", "password", "token", "api_key"))
+    # "token" only as the end of a name (hf_token, auth_token), not counts such as data.max_tokens
+    return (leaf in SECRET_FIELDS or any(s in leaf for s in ("secret", "password", "api_key"))
+            or leaf.endswith("token"))
 
 
 def redacted_config_dict(config_obj: Any) -> Any:
@@ -227,25 +250,32 @@ def open_run(
     parent_run_id: str | None = None,
     *,
     reuse_key: str | None = None,
+    resume_run_id: str | None = None,
+    extra_params: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Create (or, with ``reuse_key``, reopen) the job's one MLflow run; return its id (None when disabled).
+    """Create (or reopen) the job's one MLflow run; return its id (None when disabled).
 
-    Logs the config as params (flattened, redacted, truncated, batched) and as a redacted ``config.yaml``
-    artifact. ``parent_run_id`` links a child run (e.g. LoRA fine-tuning -> the pre-training run) through the
-    standard ``mlflow.parentRunId`` tag. ``reuse_key`` (e.g. the training storage path + run name) makes a
-    restarted job continue the run it opened before instead of splitting its history across two runs.
+    Logs the config as params (flattened, redacted, short, batched) and as a redacted ``config.yaml`` artifact,
+    plus MLflow's source tags (:func:`source_tags`). ``parent_run_id`` links a child run (e.g. LoRA fine-tuning ->
+    the pre-training run) through the standard ``mlflow.parentRunId`` tag.
+
+    Reopening: ``resume_run_id`` (the run recorded in the checkpoint being resumed) continues exactly that run;
+    ``reuse_key`` continues the newest run tagged with the same key. Callers pass either only when they resume
+    a checkpoint of that run, never merely because a folder name matches. Params are immutable in MLflow: on a
+    reopened run a changed value is not re-logged but listed in the ``protclip.changed_on_resume`` tag.
+    ``extra_params`` (derived values such as the schedule length) follow the same rule.
     """
     cfg = tracking_cfg or TrackingConfig()
     if not cfg.enabled:
         return None
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import RunTag
 
     uri = resolve_tracking_uri(cfg.uri)
     client = _client(uri)
     art = cfg.artifact_location or _default_artifact_location(uri)
     exp_id = _get_or_create_experiment(client, cfg.experiment, art)
     cfg_secrets = secrets_of(config_obj) if config_obj is not None else []  # also scrub the config's own secrets
-    all_tags = {str(k): redact(str(v), cfg_secrets) for k, v in (tags or {}).items()}
+    all_tags = {**source_tags(), **{str(k): redact(str(v), cfg_secrets) for k, v in (tags or {}).items()}}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     if reuse_key:
@@ -253,33 +283,76 @@ def open_run(
         all_tags["protclip.reuse_key"] = reuse_key
     name = run_name or cfg.run_name
 
-    run_id = None
-    if reuse_key:
-        found = client.search_runs(
-            [exp_id], filter_string=f"tags.`protclip.reuse_key` = '{_quote(redact(reuse_key))}'",
-            max_results=1, order_by=["attributes.start_time DESC"])
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            _log.info("continuing MLflow run %s (reuse key matched)", run_id)
-    existing: dict[str, str] = {}
+    run_id = _reopen(client, exp_id, resume_run_id, reuse_key)
     if run_id is None:
         run = client.create_run(exp_id, run_name=name, tags={k: _truncate(v, MAX_TAG_LEN) for k, v in all_tags.items()})
         run_id = run.info.run_id
     else:
-        existing = dict(client.get_run(run_id).data.params)
         client.log_batch(run_id, tags=[RunTag(k, _truncate(v, MAX_TAG_LEN)) for k, v in all_tags.items()])
 
+    logger = RunLogger(run_id, uri, cfg_secrets)
+    params = config_params(config_obj) if config_obj is not None else {}
+    params |= config_params(dict(extra_params or {}))
+    logger.log_params(params, prepared=True)
     if config_obj is not None:
-        params = config_params(config_obj)
-        changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
-        new = [Param(k, v) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), _PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=new[i : i + _PARAMS_PER_BATCH])
-        if changed:  # MLflow params are immutable; record what a resumed job changed instead of failing
-            client.set_tag(run_id, "protclip.changed_on_resume", _truncate(", ".join(changed), MAX_TAG_LEN))
-        RunLogger(run_id, uri, secrets_of(config_obj)).log_text(_yaml(redacted_config_dict(config_obj)), "config/config.yaml")
+        logger.log_text(_yaml(redacted_config_dict(config_obj)), "config/config.yaml")
     return run_id
+
+
+def _reopen(client, exp_id: str, resume_run_id: str | None, reuse_key: str | None) -> str | None:
+    """The run to continue (set RUNNING again), or None for a new one."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = None
+    if resume_run_id:
+        try:
+            run = client.get_run(resume_run_id)
+        except MlflowException:
+            _log.warning("the checkpoint names MLflow run %s, which this tracking store does not have: a new run "
+                         "is started", resume_run_id)
+            return None
+        if run.info.lifecycle_stage == "deleted":
+            _log.warning("MLflow run %s of the checkpoint was deleted: a new run is started", resume_run_id)
+            return None
+        run_id = run.info.run_id
+    elif reuse_key:
+        found = client.search_runs(
+            [exp_id], filter_string=f"tags.`protclip.reuse_key` = '{_quote(redact(reuse_key))}'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        run_id = found[0].info.run_id if found else None
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        _log.info("continuing MLflow run %s", run_id)
+    return run_id
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard context tags (user, source name and type, git commit/branch/repo of the entry script),
+    with the commit of the installed ``protclip`` source tree when the entry script is not in a git checkout."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    try:
+        out = {k: str(v) for k, v in resolve_tags({}).items()}
+    except Exception as e:  # noqa: BLE001 - a broken context provider must not stop a job; say so
+        _log.warning("MLflow context tags unavailable: %s", redact(str(e))[:200])
+        out = {}
+    if "mlflow.source.git.commit" not in out:
+        commit = _git_commit(Path(__file__).resolve().parent)
+        if commit:
+            out["mlflow.source.git.commit"] = commit
+    return out
+
+
+def _git_commit(folder: Path) -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                           timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        _log.debug("no git commit for %s: %s", folder, e)
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
 def _quote(s: str) -> str:
@@ -328,13 +401,29 @@ class RunLogger:
         for i in range(0, len(ms), _METRICS_PER_BATCH):
             self._client.log_batch(self.run_id, metrics=ms[i : i + _METRICS_PER_BATCH])
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Extra params (redacted, truncated); config trees should go through :func:`open_run` instead."""
+    def metric_steps(self, key: str) -> set[int]:
+        """Steps at which ``key`` has a value in this run (e.g. an eval round checks whether a step is scored)."""
+        return {int(m.step) for m in (self._client.get_metric_history(self.run_id, key) or [])}
+
+    def log_params(self, params: Mapping[str, Any], *, prepared: bool = False) -> None:
+        """Extra params (redacted, short). A key the run already has is not logged again: an equal value is
+        skipped, a different one (a resumed run whose config changed) is listed in the
+        ``protclip.changed_on_resume`` tag, since MLflow params are immutable. ``prepared``: already passed
+        through :func:`config_params`."""
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in config_params(dict(params)).items()]
+        clean = dict(params) if prepared else config_params(dict(params))
+        if not clean:
+            return
+        run = self._client.get_run(self.run_id)  # None when a tolerant client could not reach the server
+        existing = dict(run.data.params) if run is not None else {}
+        changed = sorted(k for k, v in clean.items() if k in existing and existing[k] != v)
+        items = [Param(k, v) for k, v in clean.items() if k not in existing]
         for i in range(0, len(items), _PARAMS_PER_BATCH):
             self._client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_BATCH])
+        if changed:
+            self.set_tags({"protclip.changed_on_resume": ", ".join(
+                f"{k}: {existing[k]} -> {clean[k]}" for k in changed)})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -372,6 +461,11 @@ class RunLogger:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """A matplotlib figure saved as an image artifact (e.g. ``eval/retrieval.png``)."""
         self._client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        """A column table (``{column: values}``) as an MLflow table artifact (``.json``; shown as a table in the
+        UI's artifact view and listed by ``mlflow.load_table``)."""
+        self._client.log_table(self.run_id, dict(data), artifact_file)
 
     def finish(self, status: str = "FINISHED") -> None:
         if status not in _STATUSES:
@@ -445,12 +539,16 @@ class NullLogger:
         return False
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def metric_steps(self, key: str) -> set[int]:
+        return set()
+
+    def log_params(self, params: Mapping[str, Any], *, prepared: bool = False) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -461,3 +559,94 @@ def logger_for_rank(rank: int, run_id: str | None, tracking_uri: str | None,
     if rank == 0 and run_id:
         return RunLogger(run_id, tracking_uri, extra_secrets, strict=strict)
     return NullLogger(run_id, tracking_uri)
+
+
+# ---------------------------------------------------------------------------------------------------- run status
+
+
+class JobTerminated(BaseException):
+    """SIGTERM arrived (``ray job stop``, a scheduler's kill): raised in the main thread by :func:`run_guard` so
+    that the run is closed as KILLED instead of being left RUNNING. A BaseException, like KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def run_guard(logger: RunLogger | NullLogger | None) -> Iterator[None]:
+    """Close the run FAILED when the block raises, KILLED on Ctrl-C or SIGTERM, then re-raise.
+
+    The failure's last line goes to the ``protclip.failure`` tag (redacted). SIGTERM is turned into
+    :class:`JobTerminated` while the block runs (main thread only; the previous handler is restored). A normal
+    exit leaves the status to the caller (FINISHED, or KILLED for a run stopped early on purpose).
+    """
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(signum: int, frame: Any) -> None:
+            raise JobTerminated(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    except BaseException as e:
+        if logger is not None and logger.active:
+            status = "KILLED" if isinstance(e, (KeyboardInterrupt, JobTerminated)) else "FAILED"
+            text = (str(e).strip().splitlines() or [""])[-1]
+            try:
+                logger.set_tags({"protclip.failure": f"{type(e).__name__}: {text}"[:1000]})
+                logger.finish(status)
+            except Exception as log_error:  # noqa: BLE001 - the original error matters more; keep it
+                _log.warning("could not mark MLflow run %s %s: %s", logger.run_id, status,
+                             redact(str(log_error))[:300])
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def log_dataset_input(logger: RunLogger | NullLogger | None, *, name: str, source_uri: str, digest: str,
+                      schema: Mapping[str, str], context: str = "training", profile: Mapping[str, Any] | None = None
+                      ) -> None:
+    """Record a dataset as an MLflow dataset input (the run page's "Datasets used"): ``name``, ``digest`` (e.g.
+    of the ProtAnno manifest), the source URI (redacted) and the column schema ``{column: mlflow type}``."""
+    if logger is None or not logger.active:
+        return
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types.schema import ColSpec, Schema
+
+    class _Source(HTTPDatasetSource):  # any URI (s3://, file path); HTTPDatasetSource only stores it
+        @staticmethod
+        def _get_source_type() -> str:
+            return "protanno"
+
+    ds = MetaDataset(source=_Source(redact(source_uri)), name=name, digest=digest[:32],
+                     schema=Schema([ColSpec(t, c) for c, t in schema.items()]))
+    meta = ds._to_mlflow_entity()
+    entity = Dataset(name=meta.name, digest=meta.digest, source_type=meta.source_type, source=meta.source,
+                     schema=meta.schema, profile=json.dumps(dict(profile), default=str) if profile else None)
+    logger._client.log_inputs(logger.run_id, datasets=[
+        DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
+
+def start_system_metrics(run_id: str | None, tracking_uri: str | None, cfg: TrackingConfig, node_id: str,
+                         resume: bool = False) -> Any:
+    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU when NVML is there) logging
+    ``system/<node_id>/...`` into ``run_id`` every ``cfg.system_metrics_interval_s``; call ``.finish()`` at the
+    end. None when tracking or system metrics are off, or the monitor cannot start (a warning says why)."""
+    if not run_id or not cfg.enabled or not cfg.system_metrics:
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        mon = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_interval_s, node_id=node_id,
+                                   tracking_uri=resolve_tracking_uri(tracking_uri), resume_logging=resume)
+        mon.start()
+    except Exception as e:  # noqa: BLE001 - monitoring is optional; a run must not fail over it
+        _log.warning("system metrics are not logged: %s", redact(str(e))[:300])
+        return None
+    return mon

@@ -34,7 +34,7 @@ def test_plain_python_recipe_equals_model_from_export(tmp_path, capsys):
     export = tmp_path / "export"
     export_towers(model, export)
 
-    code = _recipe().replace('EXPORT = "runs/demo/export"', f'EXPORT = "{export}"')
+    code = _recipe().replace('EXPORT = "runs/real_small/export"', f'EXPORT = "{export}"')
     scope: dict = {}
     exec(compile(code, str(DOC), "exec"), scope)  # noqa: S102 - the documented recipe, run as a user would
     assert "pooler" not in capsys.readouterr().err.lower()

@@ -138,3 +138,16 @@ def test_serve_local_script_starts_on_loopback_and_stops_cleanly(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def test_printed_ui_command_is_the_lean_server():
+    import shlex
+
+    from protclip.mlflow_server import ui_command
+
+    cmd = ui_command("sqlite:////data/team/mlflow.db", port=5001)
+    argv = shlex.split(cmd.split("   (then")[0])
+    assert argv[0] == str(REPO_ROOT / "cluster" / "mlflow" / "serve_local.sh")
+    assert argv[argv.index("--backend-store-uri") + 1] == "sqlite:////data/team/mlflow.db"
+    assert argv[argv.index("--root") + 1] == "/data/team/mlflow-ui" and "--port" in argv
+    assert "mlflow ui" not in cmd and cmd.endswith("(then http://127.0.0.1:5001)")

@@ -143,3 +143,65 @@ def test_disabled_and_null_logger(tracking):
     NullLogger().log_metrics({"a": 1.0}, step=0)
     with pytest.raises(ValueError):
         TrackingConfig(experiment=" ")
+
+
+def test_resume_run_id_continues_that_run_and_changed_derived_params_do_not_crash(tracking):
+    from mlflow.tracking import MlflowClient
+
+    a = open_run(tracking, "r", _cfg(), extra_params={"derived.total_steps": 200})
+    RunLogger(a, tracking.uri).finish("FAILED")
+    fresh = open_run(tracking, "r", _cfg(), extra_params={"derived.total_steps": 200})
+    assert fresh != a  # no resume id: a new run, even with the same name and config
+    b = open_run(tracking, "r", _cfg(), resume_run_id=a, extra_params={"derived.total_steps": 30})
+    assert b == a
+    run = MlflowClient(RunLogger(a, tracking.uri).tracking_uri).get_run(a)
+    assert run.info.status == "RUNNING" and run.data.params["derived.total_steps"] == "200"
+    assert "derived.total_steps: 200 -> 30" in run.data.tags["protclip.changed_on_resume"]
+    RunLogger(a, tracking.uri).log_params({"derived.total_steps": 31})  # a later log_params neither
+    assert open_run(tracking, "r", _cfg(), resume_run_id="f" * 32) not in (a, fresh, None)  # unknown id: new
+
+
+def test_source_tags_and_short_params(tracking):
+    from mlflow.tracking import MlflowClient
+
+    cfg = _cfg()
+    cfg.suites = [{"name": "retrieval", "suite": "retrieval", "config": {"path": "x" * 600}},
+                  {"name": "probe", "suite": "linear_probe", "config": {}}]
+    run_id = open_run(tracking, "r", cfg)
+    run = MlflowClient(RunLogger(run_id, tracking.uri).tracking_uri).get_run(run_id)
+    assert run.data.params["suites"] == "retrieval, probe"
+    assert all(len(v) <= MAX_VALUE_LEN for v in run.data.params.values())
+    tags = run.data.tags
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+    assert len(tags["mlflow.source.git.commit"]) == 40  # this checkout's commit
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_run_guard_closes_the_run(tracking, error, status):
+    from mlflow.tracking import MlflowClient
+
+    from protclip.tracking import run_guard
+
+    run_id = open_run(tracking, "r", None)
+    log = RunLogger(run_id, tracking.uri)
+    with pytest.raises(type(error)), run_guard(log):
+        raise error
+    run = MlflowClient(log.tracking_uri).get_run(run_id)
+    assert run.info.status == status and run.data.tags["protclip.failure"].startswith(type(error).__name__)
+
+
+def test_run_guard_turns_sigterm_into_killed(tracking):
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from protclip.tracking import JobTerminated, run_guard
+
+    run_id = open_run(tracking, "r", None)
+    log = RunLogger(run_id, tracking.uri)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(JobTerminated), run_guard(log):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert MlflowClient(log.tracking_uri).get_run(run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is before

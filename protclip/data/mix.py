@@ -88,3 +88,52 @@ def mix_metrics(mix: dict[int, MixDict]) -> dict[str, int]:
             out[f"mix/epoch{e}/{mix_key(r, p, k)}"] = int(n)
         out[f"mix/epoch{e}/total"] = int(sum(cells.values()))
     return out
+
+
+def mix_table(mix: dict[int, MixDict]) -> dict[str, list]:
+    """The realised mix as one long table (MLflow ``log_table``): one row per epoch and (source, PE, k) cell,
+    ``source`` = ``swissprot`` | ``trembl``. Replaces hundreds of one-value metrics with one readable artifact."""
+    cols: dict[str, list] = {"epoch": [], "source": [], "protein_existence": [], "n_properties": [], "rows": []}
+    for e, cells in sorted(mix.items()):
+        for (r, p, k), n in sorted(cells.items()):
+            for col, v in zip(cols, (int(e), "swissprot" if r else "trembl", int(p), int(k), int(n)), strict=True):
+                cols[col].append(v)
+    return cols
+
+
+def mix_summary(mix: dict[int, MixDict], val_rows: int) -> dict[str, float]:
+    """A handful of numbers that sum the mix up (MLflow metrics at step 0): rows per epoch (mean, min, max),
+    the Swiss-Prot share, the number of epochs and the validation rows."""
+    totals = [sum(cells.values()) for _, cells in sorted(mix.items())]
+    reviewed = sum(n for cells in mix.values() for (r, _, _), n in cells.items() if r)
+    out = {"data/epochs": float(len(totals)), "data/val_rows": float(val_rows)}
+    if totals:
+        out |= {"data/train_rows_per_epoch_mean": float(np.mean(totals)),
+                "data/train_rows_per_epoch_min": float(min(totals)),
+                "data/train_rows_per_epoch_max": float(max(totals)),
+                "data/swissprot_fraction": reviewed / sum(totals) if sum(totals) else 0.0}
+    return out
+
+
+def mix_figure(mix: dict[int, MixDict]):
+    """Stacked bars: training rows per epoch by source and protein-existence level (an MLflow image artifact)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = sorted(mix)
+    groups = sorted({(r, p) for cells in mix.values() for (r, p, _) in cells}, key=lambda g: (not g[0], g[1]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(epochs) + 3), 4))
+    bottom = np.zeros(len(epochs))
+    for r, p in groups:
+        vals = np.array([sum(n for (rr, pp, _), n in mix[e].items() if (rr, pp) == (r, p)) for e in epochs], float)
+        ax.bar(epochs, vals, bottom=bottom, label=f"{'Swiss-Prot' if r else 'TrEMBL'} PE{p}")
+        bottom += vals
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training rows")
+    ax.set_title("realised sampling mix")
+    if groups:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -2,20 +2,26 @@
 in :mod:`protclip.eval.tasks` call :func:`run_in_process`, and so does ``jobs/evaluate.py --mode local``).
 
 Logging layout (one consistent choice, used by periodic and on-demand evaluation alike): results go INTO the
-pre-training run, never a child run, so they plot against training curves.
+pre-training run, never a child run, so they plot against training curves. Every launch is one eval *round*
+with its own id (:func:`new_round_id`: UTC time + random suffix, sortable), so evaluating the same step again
+never overwrites or doubles anything:
 
-- metrics ``eval/<name>/<metric>`` at ``step`` = the training step the checkpoint measured, plus
-  ``eval/<name>/failed`` (0 or 1), ``eval/<name>/n_examples`` and ``eval/<name>/seconds``;
-- figures ``eval/step_<N>/<name>_<figure>.png`` and a JSON summary ``eval/step_<N>/<name>.json`` (metrics,
+- metrics ``eval/<name>/<metric>`` at ``step`` = the training step the checkpoint measured, logged by the FIRST
+  round that scores that step; a later round at the same step keeps its values in its own summary (below) and
+  says so in the status tag, so a chart has one value per step and both rounds stay readable;
+- figures ``eval/step_<N>/round_<id>/<name>_<figure>.png`` and a JSON summary
+  ``eval/step_<N>/round_<id>/<name>.json`` (metrics, round, whether the metrics were charted, examples, seconds,
   suite info, config, model source);
-- a failure: ``eval/<name>/failed = 1`` at the step, tag ``eval/<name>/status`` and the traceback as
-  ``eval/step_<N>/<name>_error.txt``, all redacted (environment credentials and the job's config secrets).
+- bookkeeping is not a metric: examples and seconds are in the summary, the outcome in the tag
+  ``eval/<name>/status`` ("ok at step N, round R, ..." or "failed at step N ..."); a failure also leaves the
+  redacted traceback as ``eval/step_<N>/round_<id>/<name>_error.txt``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets as _random
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -27,14 +33,21 @@ from protclip.storage import redact
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["run_in_process", "run_one", "log_success", "log_failure", "artifact_dir", "LOG_RETRIES"]
+__all__ = ["run_in_process", "run_one", "log_success", "log_failure", "artifact_dir", "new_round_id", "LOG_RETRIES"]
 
 LOG_RETRIES = 4  # MLflow calls (a shared sqlite file can be briefly locked by the trainer's own logging)
 T = TypeVar("T")
 
 
-def artifact_dir(step: int) -> str:
-    return f"eval/step_{int(step)}"
+def new_round_id() -> str:
+    """One id per eval launch: ``20250101T120000.123Z-1a2b`` (UTC to the millisecond, so ids sort by launch
+    time; the random suffix separates launches on two machines in the same millisecond)."""
+    now = time.time()
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z-{_random.token_hex(2)}"
+
+
+def artifact_dir(step: int, round_id: str) -> str:
+    return f"eval/step_{int(step)}/round_{round_id}"
 
 
 def _retry(fn: Callable[..., T], *args: Any) -> T:
@@ -53,36 +66,45 @@ def _retry(fn: Callable[..., T], *args: Any) -> T:
     raise AssertionError("unreachable")
 
 
-def log_success(logger, name: str, step: int, result, seconds: float, summary: dict[str, Any]) -> None:
-    """Metrics, figures and the JSON summary of one suite result (see the module docstring for the layout)."""
+def _step_is_charted(logger, key: str, step: int) -> bool:
+    """Does ``key`` already have a value at ``step`` (an earlier round scored this checkpoint)?"""
+    steps = getattr(logger, "metric_steps", None)
+    return steps is not None and step in _retry(steps, key)
+
+
+def log_success(logger, name: str, step: int, result, seconds: float, summary: dict[str, Any],
+                round_id: str) -> None:
+    """Metrics (first round at a step only), figures and the JSON summary of one suite result (see the module
+    docstring for the layout)."""
     prefix = f"eval/{name}"
     metrics = {f"{prefix}/{k}": v for k, v in result.metrics.items()}
-    metrics |= {
-        f"{prefix}/failed": 0.0,
-        f"{prefix}/n_examples": float(result.n_examples),
-        f"{prefix}/seconds": seconds,
-    }
-    _retry(logger.log_metrics, metrics, step)
+    charted = not metrics or not _step_is_charted(logger, next(iter(sorted(metrics))), step)
+    if charted:
+        _retry(logger.log_metrics, metrics, step)
+    folder = artifact_dir(step, round_id)
     for fig_name, fig in result.figures.items():
-        _retry(logger.log_figure, fig, f"{artifact_dir(step)}/{name}_{fig_name}.png")
-    _retry(logger.log_dict, summary, f"{artifact_dir(step)}/{name}.json")
-    _retry(logger.set_tags, {f"{prefix}/status": f"ok at step {step}"})
+        _retry(logger.log_figure, fig, f"{folder}/{name}_{fig_name}.png")
+    _retry(logger.log_dict, summary | {"round": round_id, "charted": charted}, f"{folder}/{name}.json")
+    where = "" if charted else f"; step {step} was scored before: these values are in {folder}/{name}.json only"
+    _retry(logger.set_tags, {f"{prefix}/status": f"ok at step {step}, round {round_id}: {result.n_examples} "
+                                                 f"examples in {seconds:.1f} s{where}"})
 
 
 def log_failure(
-    logger, name: str, step: int, error: str, where: str = "task", secrets: Iterable[str] = ()
+    logger, name: str, step: int, error: str, where: str = "task", secrets: Iterable[str] = (),
+    round_id: str | None = None,
 ) -> None:
-    """Report a failed suite: ``eval/<name>/failed`` = 1 at ``step``, a status tag and the error text artifact.
+    """Report a failed suite: the status tag ``eval/<name>/status`` and the error text artifact of its round.
 
     ``logger`` (a :class:`~protclip.tracking.RunLogger`) redacts the text; it is redacted here as well so the local
     log line is clean too.
     """
     secrets = list(secrets)
+    round_id = round_id or new_round_id()
     first = redact(error.strip().splitlines()[-1] if error.strip() else "unknown error", secrets)[:300]
     _log.warning("eval %s at step %d failed (%s): %s", name, step, where, first)
-    _retry(logger.log_metrics, {f"eval/{name}/failed": 1.0}, step)
-    _retry(logger.set_tags, {f"eval/{name}/status": f"failed at step {step} ({where}): {first}"})
-    _retry(logger.log_text, redact(error, secrets), f"{artifact_dir(step)}/{name}_error.txt")
+    _retry(logger.set_tags, {f"eval/{name}/status": f"failed at step {step}, round {round_id} ({where}): {first}"})
+    _retry(logger.log_text, redact(error, secrets), f"{artifact_dir(step, round_id)}/{name}_error.txt")
 
 
 @contextlib.contextmanager
@@ -100,20 +122,24 @@ def run_one(
     context: dict[str, Any],
     load_seconds: float = 0.0,
     secrets: Iterable[str] = (),
+    round_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run one suite and log it; an exception in the suite is logged as a failure, not raised."""
+    """Run one suite and log it as part of eval round ``round_id`` (default: a new one); an exception in the suite
+    is logged as a failure, not raised."""
     from protclip.eval.suites import run_suite
 
+    round_id = round_id or new_round_id()
     t0 = time.perf_counter()
     try:
         with _suite_config(entry) as config:
             result = run_suite(entry.suite, config, embedder.with_space(entry.space))
     except Exception:
         secrets = list(secrets)
-        log_failure(logger, entry.name, step, traceback.format_exc(), secrets=secrets)
+        log_failure(logger, entry.name, step, traceback.format_exc(), secrets=secrets, round_id=round_id)
         return {
             "name": entry.name,
             "step": step,
+            "round": round_id,
             "status": "failed",
             "error": redact(traceback.format_exc(limit=0), secrets),
         }
@@ -131,8 +157,8 @@ def run_one(
         "seconds": seconds,
         **context,
     }
-    log_success(logger, entry.name, step, result, seconds, summary)
-    return {"name": entry.name, "step": step, "status": "ok", "metrics": dict(result.metrics)}
+    log_success(logger, entry.name, step, result, seconds, summary, round_id)
+    return {"name": entry.name, "step": step, "round": round_id, "status": "ok", "metrics": dict(result.metrics)}
 
 
 def run_in_process(
@@ -142,8 +168,10 @@ def run_in_process(
     tracking_uri: str | None,
     secrets: Iterable[str] = (),
     device: str = "auto",
+    round_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Load the model once, run ``entries`` one after another, log each into ``run_id`` at ``source.step``.
+    """Load the model once, run ``entries`` one after another, log each into ``run_id`` at ``source.step`` as
+    eval round ``round_id`` (default: a new round for this call).
 
     Never raises for a failing suite or model load (each is reported in MLflow and in the returned list); only a
     failure to reach MLflow itself propagates.
@@ -152,6 +180,7 @@ def run_in_process(
     from protclip.tracking import RunLogger
 
     entries, secrets = list(entries), list(secrets)
+    round_id = round_id or new_round_id()
     logger = RunLogger(run_id, tracking_uri, secrets)
     step = source.step
     t0 = time.perf_counter()
@@ -163,12 +192,14 @@ def run_in_process(
         err = traceback.format_exc()
         for entry in entries:
             log_failure(
-                logger, entry.name, step, f"loading {source.describe()} failed:\n{err}", secrets=secrets
+                logger, entry.name, step, f"loading {source.describe()} failed:\n{err}", secrets=secrets,
+                round_id=round_id,
             )
         return [
             {
                 "name": e.name,
                 "step": step,
+                "round": round_id,
                 "status": "failed",
                 "error": redact(err.strip().splitlines()[-1], secrets),
             }
@@ -189,5 +220,6 @@ def run_in_process(
     }
     out = []
     for i, entry in enumerate(entries):
-        out.append(run_one(entry, embedder, step, logger, context, load_seconds if i == 0 else 0.0, secrets))
+        out.append(run_one(entry, embedder, step, logger, context, load_seconds if i == 0 else 0.0, secrets,
+                           round_id))
     return out

@@ -4,8 +4,9 @@ them during pre-training without ever blocking the training workers.
 
 Where results go (see :mod:`protclip.eval.runner`): INTO the pre-training run, metrics ``eval/<suite>/<metric>``
 at ``step`` = the training step of the checkpoint that was evaluated, figures and a JSON summary under
-``eval/step_<N>/``. A failed suite shows as ``eval/<suite>/failed = 1`` at that step, a status tag and a redacted
-``eval/step_<N>/<suite>_error.txt``; it never touches training.
+``eval/step_<N>/round_<id>/`` (one round id per launched round: a re-evaluation of a step never overwrites the
+earlier one). A failed suite shows in the status tag ``eval/<suite>/status`` and a redacted
+``eval/step_<N>/round_<id>/<suite>_error.txt``; it never touches training.
 
 Why driver-side: the scheduler runs in a thread of the job's driver and watches the run folder for committed
 checkpoints (``<storage_path>/<name>/checkpoint_*`` with a complete ``COMMITTED`` manifest). The driver owns the
@@ -29,7 +30,7 @@ import ray
 from protclip import storage as st
 from protclip.data.config import DataConfig
 from protclip.eval.config import EvalScheduleConfig, EvalSuiteConfig
-from protclip.eval.runner import log_failure, run_in_process
+from protclip.eval.runner import log_failure, new_round_id, run_in_process
 from protclip.model.config import ModelConfig
 from protclip.pretrained import ModelSource, committed_checkpoints
 
@@ -47,13 +48,14 @@ def suite_task(
     secrets: list[str],
     device: str,
     num_cpus: float,
+    round_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One eval task: load ``source``, run ``entries`` (normally one suite), log into ``run_id``."""
+    """One eval task: load ``source``, run ``entries`` (normally one suite), log into ``run_id`` as ``round_id``."""
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(max(1, int(num_cpus)))
-    return run_in_process(source, entries, run_id, tracking_uri, secrets, device)
+    return run_in_process(source, entries, run_id, tracking_uri, secrets, device, round_id)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class SuiteTask:
     ref: Any  # ray.ObjectRef
     entry: EvalSuiteConfig
     step: int
+    round_id: str | None = None
 
 
 def launch_suites(
@@ -75,16 +78,19 @@ def launch_suites(
     num_gpus: float = 0.0,
     device: str = "auto",
     secrets: Iterable[str] = (),
+    round_id: str | None = None,
 ) -> list[SuiteTask]:
-    """Start one task per suite (non-blocking); per-suite ``num_cpus``/``num_gpus`` override the defaults."""
+    """Start one task per suite (non-blocking) as one eval round (``round_id``, default a new one); per-suite
+    ``num_cpus``/``num_gpus`` override the defaults."""
+    round_id = round_id or new_round_id()
     tasks = []
     for entry in entries:
         cpus = entry.num_cpus if entry.num_cpus is not None else num_cpus
         gpus = entry.num_gpus if entry.num_gpus is not None else num_gpus
         ref = suite_task.options(
             num_cpus=cpus, num_gpus=gpus, name=f"eval:{entry.name}@{source.step}"
-        ).remote(source, [entry], run_id, tracking_uri, list(secrets), device, cpus)
-        tasks.append(SuiteTask(ref, entry, source.step))
+        ).remote(source, [entry], run_id, tracking_uri, list(secrets), device, cpus, round_id)
+        tasks.append(SuiteTask(ref, entry, source.step, round_id))
     return tasks
 
 
@@ -97,7 +103,8 @@ def _collect(task: SuiteTask, logger, secrets: Iterable[str] = ()) -> list[dict[
             f"the eval task for {task.entry.name} at step {task.step} did not finish: {type(e).__name__}\n{e}"
         )
         secrets = list(secrets)
-        log_failure(logger, task.entry.name, task.step, detail, where="driver", secrets=secrets)
+        log_failure(logger, task.entry.name, task.step, detail, where="driver", secrets=secrets,
+                    round_id=task.round_id)
         return [
             {
                 "name": task.entry.name,
@@ -121,7 +128,8 @@ def wait_suites(
         else:
             ray.cancel(t.ref, force=True)
             log_failure(
-                logger, t.entry.name, t.step, f"not finished after {timeout_s} s; cancelled", where="driver"
+                logger, t.entry.name, t.step, f"not finished after {timeout_s} s; cancelled", where="driver",
+                secrets=secrets, round_id=t.round_id,
             )
             out.append({"name": t.entry.name, "step": t.step, "status": "failed", "error": "timeout"})
     return out
@@ -286,7 +294,8 @@ class EvalScheduler:
                     )
                     try:
                         log_failure(
-                            self.logger, t.entry.name, t.step, msg, where="driver", secrets=self.secrets
+                            self.logger, t.entry.name, t.step, msg, where="driver", secrets=self.secrets,
+                            round_id=t.round_id,
                         )
                     except Exception as e:
                         _log.warning("eval %s at step %d: %s (not logged: %s)", t.entry.name, t.step, msg, e)

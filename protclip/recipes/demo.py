@@ -76,6 +76,7 @@ def _log_path(pcfg: PretrainConfig) -> str:
 def _summary(con: Console, pcfg: PretrainConfig, run_id: str | None, tracking_uri: str | None,
              export_uri: str | None, log_path: str | None) -> None:
     from protclip.eval.compare import DEMO_ROWS, before_after, fetch_history, format_table
+    from protclip.mlflow_server import ui_command
     from protclip.tracking import RunLogger, mlflow_client
 
     if not run_id:
@@ -97,8 +98,14 @@ def _summary(con: Console, pcfg: PretrainConfig, run_id: str | None, tracking_ur
     if log_path:
         con.line(f"full log:     {log_path}")
     con.line(f"MLflow run:   {run_id} (experiment {pcfg.tracking.experiment}) in {tracking_uri}")
-    con.line("MLflow UI:    .venv/bin/mlflow server --backend-store-uri "
-             f"{tracking_uri} --host 127.0.0.1 --port 5000 --workers 1   (then http://127.0.0.1:5000)")
+    con.line(f"MLflow UI:    {ui_command(tracking_uri)}")
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def main(argv: list[str]) -> int:
@@ -111,35 +118,35 @@ def main(argv: list[str]) -> int:
     bcfg, pcfg, verbose = _configs(argv)
     log_path = None if verbose else _log_path(pcfg)
     with quiet_console(log_path, expected=(ConfigError, StorageError, TrackingError, RayStartError)) as con:
-        setup_logging()
-        from protclip.data.build import run_build
-        from protclip.recipes.pretrain import run_pretrain
-        from protclip.tracking import resolve_tracking_uri
+        try:
+            setup_logging()
+            from protclip.data.build import run_build
+            from protclip.recipes.pretrain import run_pretrain
+            from protclip.tracking import resolve_tracking_uri
 
-        t0 = time.monotonic()
-        if log_path:
-            con.line(f"ProtCLIP demo (Ray, torch and MLflow output: {log_path})")
-        runtime.init_ray(num_cpus=bcfg.ray.num_cpus)
-        con.line("== 1/3 ProtAnno from " + ", ".join(Path(i).name for i in bcfg.build.inputs))
-        m = run_build(bcfg.build, bcfg.storage).manifest
-        ho = m.get("holdout") or {}
-        rows = ho.get("rows") or {}
-        clusters = ho.get("clusters") or {}
-        con.line(f"   {m['rows']} rows, {m['malformed']} malformed -> {bcfg.build.output}")
-        if ho:
-            con.line(f"   held out by {ho.get('mode')}: {ho.get('n_clusters', '?')} clusters; rows train/val/test "
-                     f"{rows.get('train', '?')}/{rows.get('val', '?')}/{rows.get('test', '?')} (clusters "
-                     f"{clusters.get('train', '?')}/{clusters.get('val', '?')}/{clusters.get('test', '?')})")
-        con.line(f"== 2/3 pre-training {pcfg.model.protein_model} + {pcfg.model.text_model} "
-                 f"({pcfg.train.num_workers} workers, " + (
-                     f"packed micro-batches of {pcfg.data.max_tokens} protein tokens"
-                     if pcfg.data.batching == "packed" else f"global batch {pcfg.global_batch_size}") + ")")
-        result = run_pretrain(pcfg, console=con)
-        con.line(f"== 3/3 before vs after pre-training ({(time.monotonic() - t0) / 60:.1f} min so far)")
-        tracking_uri = resolve_tracking_uri(pcfg.tracking.uri) if pcfg.tracking.enabled else None
-        _summary(con, pcfg, result.run_id, tracking_uri, result.export_uri, log_path)
-        import ray
-
-        ray.shutdown()  # inside the block: Ray's log forwarding stops before the terminal is handed back
-        con.line(f"done in {(time.monotonic() - t0) / 60:.1f} min")
+            t0 = time.monotonic()
+            if log_path:
+                con.line(f"ProtCLIP demo (Ray, torch and MLflow output: {log_path})")
+            runtime.init_ray(num_cpus=bcfg.ray.num_cpus)
+            con.line("== 1/3 ProtAnno from " + ", ".join(Path(i).name for i in bcfg.build.inputs))
+            m = run_build(bcfg.build, bcfg.storage).manifest
+            ho = m.get("holdout") or {}
+            rows = ho.get("rows") or {}
+            clusters = ho.get("clusters") or {}
+            con.line(f"   {m['rows']} rows, {m['malformed']} malformed -> {bcfg.build.output}")
+            if ho:
+                con.line(f"   held out by {ho.get('mode')}: {ho.get('n_clusters', '?')} clusters; rows train/val/test "
+                         f"{rows.get('train', '?')}/{rows.get('val', '?')}/{rows.get('test', '?')} (clusters "
+                         f"{clusters.get('train', '?')}/{clusters.get('val', '?')}/{clusters.get('test', '?')})")
+            con.line(f"== 2/3 pre-training {pcfg.model.protein_model} + {pcfg.model.text_model} "
+                     f"({pcfg.train.num_workers} workers, " + (
+                         f"packed micro-batches of {pcfg.data.max_tokens} protein tokens"
+                         if pcfg.data.batching == "packed" else f"global batch {pcfg.global_batch_size}") + ")")
+            result = run_pretrain(pcfg, console=con)
+            con.line(f"== 3/3 before vs after pre-training ({(time.monotonic() - t0) / 60:.1f} min so far)")
+            tracking_uri = resolve_tracking_uri(pcfg.tracking.uri) if pcfg.tracking.enabled else None
+            _summary(con, pcfg, result.run_id, tracking_uri, result.export_uri, log_path)
+            con.line(f"done in {(time.monotonic() - t0) / 60:.1f} min")
+        finally:
+            _stop_ray()  # inside the block: Ray's log forwarding stops before the terminal is handed back
     return 0

@@ -38,10 +38,11 @@ _log = logging.getLogger(__name__)
 
 __all__ = ["TrainState", "CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
            "latest_valid_checkpoint", "committed_manifest", "commit_checkpoint", "write_failure_message", "COMMITTED",
-           "STATE_FILE", "FORMAT_VERSION"]
+           "STATE_FILE", "RUN_IDENTITY", "FORMAT_VERSION"]
 
 COMMITTED = "COMMITTED"
 STATE_FILE = "trainer_state.json"
+RUN_IDENTITY = "run"  # TrainState.extra key: which run (and MLflow run) a checkpoint belongs to
 FORMAT_VERSION = 1
 
 
@@ -62,7 +63,9 @@ class TrainState:
     best_score: float | None = None  # best validation score so far (checkpoint_score_attribute)
     world_size: int = 1
     scheduler: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. tokenizer/alphabet versions, data fingerprint
+    # e.g. data position per epoch, schedule length, and under RUN_IDENTITY the run this checkpoint belongs to
+    # (run key, MLflow run id, config fingerprint: protclip.train.run_folder.run_identity)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainState:
