@@ -7,6 +7,7 @@
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ SQLite, tiny towers. The same steps on a cluster are `jobs/build_protanno.py` an
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":

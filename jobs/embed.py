@@ -15,6 +15,7 @@ Exit codes: 0 ok, 1 failed (bad input), 2 config error, 3 storage error.
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":

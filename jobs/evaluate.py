@@ -18,6 +18,7 @@ them in this process. Prints a JSON summary. Exit codes: 0 all suites ok, 1 a su
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ JSON on the last line; the adapter, merged model and metrics land in <storage_pa
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ parameters, the embedding manifest's SHA-256). Exit codes: 0 ok, 1 failed, 2 con
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ otherwise it starts a local Ray instance on 127.0.0.1. Exit codes: 0 ok, 1 faile
 
 import sys
 
+import protclip.runtime  # noqa: F401  (first: the loopback switch is set before anything imports ray)
 from protclip.cli import run_job
 
 if __name__ == "__main__":
