@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Embed proteins or function texts with a trained ProtCLIP model (Ray Data batch inference).
 
-    python jobs/embed.py --config jobs/configs/embed.yaml --source.export runs/demo/export \
+    python jobs/embed.py --config jobs/configs/embed.yaml --source.export runs/real_small/export \
         --input.uri proteome.fasta --output outputs/embeddings/proteome
     python jobs/embed.py --config jobs/configs/embed.yaml --source.mlflow_run_id <run id> \
         --input.uri shared:go/goslim_generic.obo --input.kind text --output s3://bucket/embeddings/go

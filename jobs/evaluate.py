@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run downstream evaluation suites on a ProtCLIP model and log them to MLflow.
 
-    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.export runs/demo/export
-    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.checkpoint runs/demo   # latest checkpoint
+    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.export runs/real_small/export
+    python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.checkpoint runs/real_small   # latest checkpoint
     python jobs/evaluate.py --config jobs/configs/evaluate.yaml --source.mlflow_run_id <run id> --select '[retrieval]'
     ray job submit --runtime-env cluster/runtime_env.yaml -- python jobs/evaluate.py --config ... --source.export s3://...
 

@@ -135,26 +135,18 @@ def xformers_attention(
     """Memory-efficient attention. q/k/v ``[B, H, L, D]``; returns ``([B, Lq, H, D], None)`` like HF's functions.
     With ``packed``, ``B == 1`` and attention stays inside each sequence (``BlockDiagonalMask``)."""
     p = dropout if module.training else 0.0
+    bias: Any = None
     if packed is not None:
         _check_packed(query, attention_mask, packed)
         if _use_xformers_kernel(query):
-            out = xops.memory_efficient_attention(
-                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                attn_bias=packed.xformers_bias(), p=p, scale=scaling,
-            )  # fmt: skip
-            return out, None
-        attention_mask = packed.block_diagonal(query.device)  # emulation: the dense equivalent of the mask
-    bias = None
-    if attention_mask is not None:
+            bias = packed.xformers_bias()
+        else:
+            attention_mask = packed.block_diagonal(query.device)  # emulation: the dense equivalent of the mask
+    if bias is None and attention_mask is not None:
         bias = padding_bias(attention_mask, query.shape[1], query.dtype)
     if _use_xformers_kernel(query):
         out = xops.memory_efficient_attention(
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            attn_bias=bias,
-            p=p,
-            scale=scaling,
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_bias=bias, p=p, scale=scaling
         )
         return out, None
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=p, scale=scaling)
