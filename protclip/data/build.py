@@ -41,7 +41,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protclip import storage
-from protclip.data.holdout import HoldoutConfig, make_holdout, sequences_from_tables, write_holdout
+from protclip.data.holdout import (
+    HoldoutConfig,
+    make_holdout,
+    read_protanno_manifest,
+    sequences_from_tables,
+    write_holdout,
+)
 from protclip.data.mmseqs import find_mmseqs, mmseqs_version
 from protclip.data.parquet_files import ProtAnnoFileError, resolve_protanno
 from protclip.data.sampling import SamplingConfig, keep_mask
@@ -651,7 +657,7 @@ def _write_atomic(fs: Any, path: str, text: str) -> None:
 def publish(output: str, version_uri: str, manifest: dict[str, Any], cfg) -> dict[str, Any]:
     """Point ``<output>/manifest.json`` at the finished version: the last write of a build."""
     fs, base = storage.filesystem(output, cfg)
-    old = read_manifest_or_none(output, cfg)
+    old = read_protanno_manifest(output, cfg)
     previous = None if old is None else old.get("version", "")  # "": a flat, pre-versioning build
     pointer = manifest | {"version": version_uri.rstrip("/").rsplit("/", 1)[-1], "previous_version": previous}
     _write_atomic(fs, f"{base.rstrip('/')}/manifest.json", json.dumps(pointer, indent=2))
@@ -666,7 +672,7 @@ def collect_garbage(output: str, cfg, keep: int) -> list[str]:
     """
     fs, base = storage.filesystem(output, cfg)
     base = base.rstrip("/")
-    pointer = read_manifest_or_none(output, cfg) or {}
+    pointer = read_protanno_manifest(output, cfg) or {}
     current, previous = pointer.get("version"), pointer.get("previous_version")
     keep_names = [current] + ([previous] if keep >= 2 and previous is not None else [])
     entries = fs.ls(base, detail=True)
@@ -747,19 +753,9 @@ def _write_reports(output: str, cfg, manifest: dict[str, Any], errors: list[dict
         f.write(json.dumps(manifest, indent=2))
 
 
-def read_manifest_or_none(output: str, cfg: storage.StorageConfig | None = None) -> dict[str, Any] | None:
-    """The manifest at the top of ``output`` (the pointer, or a pre-versioning build's manifest), or None."""
-    fs, base = storage.filesystem(output, cfg)
-    path = f"{base.rstrip('/')}/manifest.json"
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as f:
-        return json.load(f)
-
-
 def read_manifest(output: str, cfg: storage.StorageConfig | None = None) -> dict[str, Any]:
     """The published manifest of a ProtAnno output (error when none was published)."""
-    manifest = read_manifest_or_none(output, cfg)
+    manifest = read_protanno_manifest(output, cfg)
     if manifest is None:
         raise storage.StorageError(f"{output} has no manifest.json: not a complete ProtAnno build")
     return manifest

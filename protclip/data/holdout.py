@@ -163,7 +163,8 @@ def write_holdout(output: str, table: pa.Table, storage_cfg: storage.StorageConf
 
 
 def read_protanno_manifest(uri: str, storage_cfg: storage.StorageConfig | None = None) -> dict[str, Any] | None:
-    """``manifest.json`` of a ProtAnno folder, or None when ``uri`` is not a complete build folder."""
+    """The ``manifest.json`` at the top of a ProtAnno folder (the published pointer of a versioned build, or a
+    pre-versioning build's manifest), or None when there is none: readers and the build's publish step share it."""
     fs, base = storage.filesystem(uri, storage_cfg)
     path = f"{base.rstrip('/')}/manifest.json"
     if not fs.exists(path):
