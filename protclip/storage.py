@@ -128,6 +128,21 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def expand_files(uri: str, cfg: StorageConfig | None = None
+                 ) -> tuple[fsspec.AbstractFileSystem, str, list[str] | None]:
+    """``(fs, prefix, paths)`` of the files ``uri`` names: the file itself, every file of a folder except hidden
+    and ``_``-prefixed ones, or a glob's matches, sorted; ``paths`` is None when nothing exists at ``uri``.
+    ``prefix + path`` is a URI of ``uri``'s scheme. Callers raise their own "not found" / "no files" errors."""
+    fs, path = filesystem(uri, cfg)
+    scheme = scheme_of(uri)
+    prefix = "" if scheme in ("file", "local") else f"{scheme}://"
+    if any(c in path for c in "*?["):
+        return fs, prefix, sorted(fs.glob(path))
+    if fs.isdir(path):
+        return fs, prefix, sorted(p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_")))
+    return fs, prefix, ([path] if fs.exists(path) else None)
+
+
 def check_access(uri: str, cfg: StorageConfig | None = None, *, write: bool = False) -> None:
     """Fail early with a readable message when a bucket/folder is missing or credentials are wrong."""
     fs, path = filesystem(uri, cfg)

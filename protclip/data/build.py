@@ -134,16 +134,8 @@ def list_inputs(patterns: list[str], cfg: storage.StorageConfig | None = None) -
     """Expand files / folders / globs into a sorted list of input files (error if a pattern matches nothing)."""
     out: list[InputFile] = []
     for pat in map(resolve_shared, patterns):
-        fs, path = storage.filesystem(pat, cfg)
-        scheme = storage.scheme_of(pat)
-        prefix = "" if scheme in ("file", "local") else f"{scheme}://"
-        if any(c in path for c in "*?["):
-            matches = sorted(fs.glob(path))
-        elif fs.isdir(path):
-            matches = sorted(p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_")))
-        elif fs.exists(path):
-            matches = [path]
-        else:
+        fs, prefix, matches = storage.expand_files(pat, cfg)
+        if matches is None:
             raise storage.StorageError(f"input not found: {pat}")
         if not matches:
             raise storage.StorageError(f"input pattern matched no files: {pat}")

@@ -77,16 +77,8 @@ def list_inputs(uri: str, storage: st.StorageConfig | None = None) -> list[str]:
     from protclip.data.parquet_files import resolve_protanno
 
     uri = resolve_protanno(uri, storage)
-    fs, path = st.filesystem(uri, storage)
-    scheme = st.scheme_of(uri)
-    prefix = "" if scheme in ("file", "local") else f"{scheme}://"
-    if any(c in path for c in "*?["):
-        found = sorted(fs.glob(path))
-    elif fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith((".", "_")))
-    elif fs.exists(path):
-        found = [path]
-    else:
+    _, prefix, found = st.expand_files(uri, storage)
+    if found is None:
         raise FileNotFoundError(f"input {st.redact(uri)} does not exist")
     if not found:
         raise FileNotFoundError(f"input {st.redact(uri)}: no files")
