@@ -76,3 +76,14 @@ def test_config_validation(tmp_path):
     assert ev.chosen()[0].resolved().config["path"] == str(Path("p.parquet").resolve())  # relative: from cwd
     with pytest.raises(ConfigError, match="exactly one"):
         from_dict(EvaluateConfig, {"source": {"export": "e", "checkpoint": "c"}, "suites": [suite]})
+
+
+def test_step_zero_checkpoint_is_evaluated_only_with_at_start(scheduler):
+    """eval.at_start: the untrained model's checkpoint (step 0) gets a round, the "before" of a comparison."""
+    sched, launched, _, _ = scheduler
+    assert sched.on_checkpoint("c0", 0) == "not_due"  # default: step 0 is below the first multiple
+    sched._handled_steps.clear()
+    sched.cfg.at_start = True
+    assert sched.on_checkpoint("c0b", 0) == "launched"
+    assert launched == [0]
+    assert sched.on_checkpoint("c3", 3) == "queued"  # later rounds are scheduled as before
