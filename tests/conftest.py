@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 # Must happen before anything imports ray: make a local Ray instance bind to loopback.
@@ -87,3 +88,15 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(autouse=True)
+def _no_process_wide_mlflow_store():
+    """Fail the test that pins MLflow's store for the whole process (``mlflow.set_tracking_uri``): later tests
+    would then read and write that test's database instead of their own ``MLFLOW_TRACKING_URI``."""
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    pinned = getattr(utils, "_tracking_uri", None) if utils is not None else None
+    if pinned is not None:
+        utils.set_tracking_uri(None)  # undo it so that only this test fails
+        pytest.fail(f"this test pinned the process-wide MLflow store ({pinned}); pass the URI to a client instead")

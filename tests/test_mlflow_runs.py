@@ -111,6 +111,7 @@ def _rest(server_url: str, endpoint: str, **query) -> dict:
 @pytest.mark.slow
 def test_run_page_shows_tags_dataset_model_and_readable_metrics(trained, tmp_path):
     import mlflow
+    from mlflow.tracking import MlflowClient
     import pandas as pd
     import torch
 
@@ -142,8 +143,10 @@ def test_run_page_shows_tags_dataset_model_and_readable_metrics(trained, tmp_pat
     assert all(len(p["value"]) <= 500 for p in run["data"]["params"])
     # the logged model loads back in plain Python and embeds into the joint space (unit vectors)
     (out,) = models
-    mlflow.set_tracking_uri(trained["tracking_uri"])
-    model = mlflow.pyfunc.load_model(f"models:/{out['model_id']}")
+    # resolved through a client, not mlflow.set_tracking_uri: that one pins the store for the whole process
+    # (and exports MLFLOW_TRACKING_URI), so every later test would log into this test's database
+    logged = MlflowClient(trained["tracking_uri"]).get_logged_model(out["model_id"])
+    model = mlflow.pyfunc.load_model(logged.artifact_location)
     emb = model.predict(pd.DataFrame({"protein": ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQD"]}))
     assert emb.shape == (2, trained["cfg"].model.projection_dim)
     norms = (emb.astype("float64") ** 2).sum(axis=1)
@@ -156,6 +159,13 @@ def test_run_page_shows_tags_dataset_model_and_readable_metrics(trained, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ eval rounds
+
+
+def test_round_ids_sort_in_launch_order_even_within_one_millisecond():
+    from protclip.eval.runner import new_round_id
+
+    ids = [new_round_id() for _ in range(500)]  # far more launches than milliseconds elapse
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
 
 
 def test_a_second_eval_round_at_the_same_step_neither_overwrites_nor_doubles(tmp_path, monkeypatch):

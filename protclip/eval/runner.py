@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets as _random
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -37,13 +38,22 @@ __all__ = ["run_in_process", "run_one", "log_success", "log_failure", "artifact_
 
 LOG_RETRIES = 4  # MLflow calls (a shared sqlite file can be briefly locked by the trainer's own logging)
 T = TypeVar("T")
+_round_lock = threading.Lock()
+_last_ms = 0  # the last millisecond handed out by new_round_id in this process
 
 
 def new_round_id() -> str:
     """One id per eval launch: ``20250101T120000.123Z-1a2b`` (UTC to the millisecond, so ids sort by launch
-    time; the random suffix separates launches on two machines in the same millisecond)."""
-    now = time.time()
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z-{_random.token_hex(2)}"
+    time; the random suffix separates launches on two machines in the same millisecond).
+
+    Within one process the millisecond strictly increases from launch to launch, so two rounds launched in the
+    same millisecond still sort in launch order (a random suffix alone would order them by chance)."""
+    global _last_ms
+    with _round_lock:
+        ms = max(int(time.time() * 1000), _last_ms + 1)
+        _last_ms = ms
+    secs, frac = divmod(ms, 1000)
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(secs))}.{frac:03d}Z-{_random.token_hex(2)}"
 
 
 def artifact_dir(step: int, round_id: str) -> str:

@@ -161,8 +161,12 @@ def _get(url: str, token: str, timeout: float = 3.0) -> int:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 4, timeout_s: float = 240.0, keep_temp: bool = False) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 4, timeout_s: float = 240.0, keep_temp: bool = False,
+             node_env: dict[str, str] | None = None) -> Iterator[RayHead]:
     """Start ``ray start --head --block`` on 127.0.0.1 with the dashboard; yield once the job API answers.
+
+    ``node_env`` is the node's own environment (what a cluster sets on its pods); jobs inherit it. The test
+    process's ``PROTCLIP_SHARED_DATA`` is not passed on unless named there, as a cluster node would not have it.
 
     Raises:
         RuntimeError: the head exited or the job API did not answer within ``timeout_s`` (log tail included).
@@ -174,6 +178,8 @@ def ray_head(num_cpus: int = 4, timeout_s: float = 240.0, keep_temp: bool = Fals
     token_path.chmod(0o600)
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    env.pop("PROTCLIP_SHARED_DATA", None)
+    env.update(node_env or {})
     env.update({
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # bind 127.0.0.1, not the machine's outward address
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -55,7 +55,7 @@ def test_ray_job_submit_runs_the_main_job(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from protclip.paths import uniprot_samples_dat
+    from protclip.paths import shared_data_dir, uniprot_samples_dat
 
     protanno = tmp_path / "protanno"
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -67,12 +67,15 @@ def test_ray_job_submit_runs_the_main_job(tmp_path):
         f"--storage.storage_path {tmp_path / 'runs'} --storage.name submitted --tracking.uri {db} "
         f"--train.max_steps 4 --train.ckpt_every 2 --train.val_every 4 --train.warmup_steps 1 --eval.every_steps 0"
     )
-    with ray_head(num_cpus=4) as head:
+    # the job runs in Ray's copy of the working dir, where the folder beside the repository is not: the node
+    # environment says where the shared data is, as a cluster's pods would (the configs name `shared:` paths)
+    with ray_head(num_cpus=4, node_env={"PROTCLIP_SHARED_DATA": str(shared_data_dir())}) as head:
         res = head.run_cli("job", "submit", "--address", head.dashboard_url,
                            "--runtime-env", "cluster/runtime_env.yaml",
                            "--", "bash", "-c", entry, cwd=REPO_ROOT, timeout=900)
         out = res.stdout + res.stderr
-        assert res.returncode == 0, f"ray job submit failed ({res.returncode}):\n{out[-6000:]}\n{head.log_tail()}"
+        # the job's own output last: a truncated report keeps its end
+        assert res.returncode == 0, f"ray job submit failed ({res.returncode}):\n{head.log_tail()}\n{out[-6000:]}"
         assert re.search(r"Job '(raysubmit_\w+)' succeeded", out), out[-4000:]
         assert '"rows": 103' in out and '"malformed": 0' in out, out[-4000:]
         m = re.search(r'"mlflow_run_id": "(\w+)"', out)

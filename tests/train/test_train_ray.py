@@ -64,8 +64,8 @@ def env(tmp_path_factory, uniprot_dat, s3_server, ray_local):
     bucket = "train-ray"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-    yield {"tmp": tmp, "bucket": bucket, "endpoint": s3_server,
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri = f"sqlite:///{tmp}/mlflow.db"
+    yield {"tmp": tmp, "tracking_uri": tracking_uri, "bucket": bucket, "endpoint": s3_server,
            "data": _upload_protanno(uniprot_dat, bucket, s3_server), "storage": f"s3://{bucket}/runs"}
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -81,20 +81,20 @@ def full_run(env):
     return run_pretrain(cfg)
 
 
-def _history(run_id: str, key: str) -> dict[int, float]:
+def _history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
     from mlflow.tracking import MlflowClient
 
-    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, key)}
+    return {m.step: m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)}
 
 
 def test_end_to_end_s3_mlflow_export(env, full_run, tmp_path):
     from mlflow.tracking import MlflowClient
     from transformers import BertModel, BertTokenizer, EsmModel, EsmTokenizer
 
-    client = MlflowClient()
+    client = MlflowClient(env["tracking_uri"])
     run = client.get_run(full_run.run_id)
     assert run.info.status == "FINISHED"
-    losses = _history(full_run.run_id, "train/loss")
+    losses = _history(env["tracking_uri"], full_run.run_id, "train/loss")
     assert sorted(losses) == list(range(1, STEPS + 1))
     for key in ("train/loss_gc", "train/loss_mlm", "train/loss_bsr", "train/loss_pda", "train/lr_heads",
                 "perf/pairs_per_s", "perf/tokens_per_s", "perf/data_wait_share", "perf/padding_share",
@@ -134,8 +134,8 @@ def test_restarted_run_reproduces_uninterrupted_losses(env, full_run):
     first = run_pretrain(_cfg(env["data"], env["storage"], "resumed", env["endpoint"], stop_at_step=CKPT))
     second = run_pretrain(_cfg(env["data"], env["storage"], "resumed", env["endpoint"]))
     assert first.run_id == second.run_id  # the MLflow run continues
-    ref = _history(full_run.run_id, "train/loss")
-    got = _history(second.run_id, "train/loss")
+    ref = _history(env["tracking_uri"], full_run.run_id, "train/loss")
+    got = _history(env["tracking_uri"], second.run_id, "train/loss")
     assert sorted(got) == list(range(1, STEPS + 1))
     # same machine, data, RNG and pinned worker threads: the same computation in the same order, so no rounding
     # budget applies (and none could bound a trajectory, where a first difference grows with every step)
