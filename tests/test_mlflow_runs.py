@@ -111,9 +111,9 @@ def _rest(server_url: str, endpoint: str, **query) -> dict:
 @pytest.mark.slow
 def test_run_page_shows_tags_dataset_model_and_readable_metrics(trained, tmp_path):
     import mlflow
-    from mlflow.tracking import MlflowClient
     import pandas as pd
     import torch
+    from mlflow.tracking import MlflowClient
 
     from protclip.mlflow_server import start_server
     from protclip.train.run_folder import peek_latest_state, resume_plan
