@@ -8,7 +8,6 @@ checkpoint formats (pre-training and LoRA adapters) save and restore it the same
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any
 
@@ -124,10 +123,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any sequence of ints/strings (blake2b; same on every platform and process)."""
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\x1f")
-    return int.from_bytes(h.digest(), "little") >> 1

@@ -20,7 +20,7 @@ from protclip.data.batching import token_budget_batches
 from protclip.data.collate import pack_batch
 from protclip.data.parquet_files import Fragment, needed_types, read_fragment
 from protclip.data.sampling import SamplingConfig, keep_mask, row_uniform
-from protclip.dist import derive_seed
+from protclip.seeds import derive_seed
 
 #: columns the sampler and the mix need
 META_COLUMNS = ["accession", "reviewed", "protein_existence", "n_properties"]

