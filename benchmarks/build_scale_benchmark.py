@@ -199,8 +199,15 @@ def check(out: str, version_uri: str, manifest: dict, expected: dict) -> dict:
         manifest["malformed"]
     return {"kept": len(accs), "duplicates": len(dup), "missing": len(missing), "extra": len(extra),
             "reported": len(errors), "damaged_unreported": len(unreported), "counts_add_up": counts_add_up,
-            "reasons": dict(Counter(re.sub(r"'[^']*'|\d+", "_", r) for r in
-                                    (e["reason"].split(" (")[0].split(":")[0] for e in errors)))}
+            "reasons": dict(Counter(_reason_kind(e["reason"]) for e in errors))}
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its particulars (quoted text, checksums, numbers), so that reasons of a kind count as one."""
+    head = reason.split(" (")[0]
+    head = re.sub(r"'[^']*'", "_", head)
+    head = re.sub(r"\b(?=[0-9A-F]*\d)[0-9A-F]{6,}\b", "_", head)  # CRC64 / MD5 hex digests
+    return re.sub(r"\b\d+\b", "_", head)
 
 
 def machine() -> dict[str, str]:

@@ -6,8 +6,9 @@ size, the worker's device, the dataset shards, the checkpoint to resume from, re
 to Ray's storage) comes through this class, so both behave the same on restart and when reporting.
 
 Restart semantics: Ray Train V2 keeps a run's state under ``<storage_path>/<name>/`` and
-``ray.train.get_checkpoint()`` hands every worker the latest reported checkpoint (stack.md §4);
-:meth:`RaySession.latest_checkpoint` verifies it and falls back to older ones when it is incomplete.
+``ray.train.get_checkpoint()`` hands every worker the latest checkpoint its controller registered (stack.md §4);
+:meth:`RaySession.latest_checkpoint` takes the newest checkpoint folder of the run instead when Ray's is older
+(a report lost with a dying worker), verifies it, and falls back to older ones when it is incomplete.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class RaySession:
         ``resume_from`` as given (the loader verifies it and names it when incomplete); else None."""
         import ray.train
 
-        latest = ray.train.get_checkpoint()
+        latest = _newest_in_run_folder(self.rank, ray.train.get_checkpoint())
         if latest is None:
             if self.resume_from is None:
                 yield None
@@ -103,6 +104,40 @@ class RaySession:
 
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
+
+
+def _newest_in_run_folder(rank: int, reported: Any) -> Any:
+    """The newest checkpoint folder of this run in storage, or ``reported`` (Ray's latest) when it is newer or
+    the folder cannot be listed; None when there is neither.
+
+    A worker's report reaches the controller only when the controller next polls the worker group; a worker that
+    dies before that poll takes its report with it, so after the restart ``ray.train.get_checkpoint()`` can be
+    older than what is committed in storage, or None early in a run (a worker killed shortly after the first
+    checkpoint restarted the run from step 0). The caller verifies the folder it gets and falls back to older
+    ones (:func:`_candidates`); a restarted driver reads the same folder
+    (:func:`protclip.train.run_folder.peek_latest_state`).
+    """
+    import pyarrow.fs as pafs
+    import ray.train
+    from ray.train import Checkpoint
+
+    ctx = ray.train.get_context().get_storage()
+    fs, root = ctx.storage_filesystem, ctx.experiment_fs_path
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError as e:
+        _log.warning("rank %d: cannot list the run folder %s: %s", rank, root, storage.redact(str(e)))
+        return reported
+    dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                   and posixpath.basename(i.path).startswith("checkpoint_")), reverse=True)
+    newest = dirs[0] if dirs else None
+    if newest is None or (reported is not None
+                          and posixpath.basename(reported.path) >= posixpath.basename(newest)):
+        return reported
+    _log.warning("rank %d: Ray Train handed %s, but the run folder has the newer %s: resuming from that one",
+                 rank, posixpath.basename(reported.path) if reported is not None else "no checkpoint",
+                 posixpath.basename(newest))
+    return Checkpoint(path=newest, filesystem=fs)
 
 
 def _candidates(latest: Any) -> list[Any]:

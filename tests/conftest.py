@@ -53,6 +53,44 @@ def ray_local():
     ray.shutdown()
 
 
+SHIPPED_RUN_ARGS = ["--train.max_steps", "4", "--train.ckpt_every", "2", "--train.val_every", "2",
+                    "--train.log_every", "1", "--train.warmup_steps", "1", "--data.num_epochs", "1",
+                    "--tracking.system_metrics_interval_s", "1", "--eval.every_steps", "0"]
+
+
+@pytest.fixture(scope="session")
+def shipped_tiny_run(tmp_path_factory, ray_local):
+    """The shipped configs run the way a user runs them, from another working directory: the ProtAnno build of
+    ``build_samples.yaml`` (relative ``outputs/``), then 4 steps of ``tiny.yaml`` (relative ``runs/``, MLflow in
+    ``./mlflow.db``). One run for the relative-paths test and the MLflow run-page test.
+
+    Returns the folder it ran in, the job's printed summary and the pre-training argv (relative to that folder).
+    """
+    import contextlib
+    import io
+    import json
+
+    from protclip.paths import REPO_ROOT
+    from protclip.recipes import build_protanno, pretrain
+
+    configs = REPO_ROOT / "jobs" / "configs"
+    tmp = tmp_path_factory.mktemp("shipped")
+    argv = ["--config", str(configs / "tiny.yaml"), *SHIPPED_RUN_ARGS]
+    old, out = os.getcwd(), io.StringIO()
+    os.chdir(tmp)
+    try:
+        assert build_protanno.main(["--config", str(configs / "build_samples.yaml"),
+                                    "--build.holdout.mode", "hash"]) == 0
+        with contextlib.redirect_stdout(out):
+            assert pretrain.main(argv) == 0
+    finally:
+        os.chdir(old)
+    text = out.getvalue()
+    start = text.rfind("\n{")
+    return {"tmp": tmp, "summary": json.loads(text[start + 1 if start >= 0 else 0:]), "argv": argv,
+            "tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
+
+
 # The moto endpoint and test credentials are fixed before any test starts Ray, so Ray workers inherit them
 # (variables set after ray.init never reach already-started workers). Only 127.0.0.1 is ever used.
 _MOTO_PORT = free_port()

@@ -4,7 +4,8 @@ Run identity (no Ray): a relaunch continues an MLflow run only when it resumes a
 same key (absolute run folder + run name); the same config launched from another directory, or with no checkpoint,
 is a new run; an incompatible change (schedule length, model) is refused in one line.
 
-The run page (one short Ray pre-training with the shipped ``jobs/configs/tiny.yaml``): read back over MLflow's
+The run page (the session's short Ray pre-training with the shipped ``jobs/configs/tiny.yaml``, run from another
+working directory: ``shipped_tiny_run`` in tests/conftest.py): read back over MLflow's
 REST API what the UI renders: source/commit/user tags, the ProtAnno dataset input, the logged model (which loads
 back and embeds into the joint space), metric names without per-epoch mix counts or bookkeeping values, the mix
 as one table artifact, system metrics, and the checkpoint recording its run.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -84,21 +86,22 @@ def test_resume_plan_continues_only_the_checkpoints_own_run(tmp_path, monkeypatc
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, uniprot_dat, ray_local):
-    import pyarrow.parquet as pq
+def trained(shipped_tiny_run):
+    """The session's run of the shipped tiny.yaml (tests/conftest.py) and its config as the job loaded it."""
+    from protclip.config import cli_config
+    from protclip.recipes.pretrain import PretrainConfig
 
-    from protclip.data.schema import record_to_row, rows_to_table
-    from protclip.data.uniprot import parse_file
-    from protclip.recipes.pretrain import run_pretrain
+    old = os.getcwd()
+    os.chdir(shipped_tiny_run["tmp"])  # the job's relative paths resolve against the folder it ran in
+    try:
+        cfg = cli_config(PretrainConfig, shipped_tiny_run["argv"])
+    finally:
+        os.chdir(old)
 
-    tmp = tmp_path_factory.mktemp("mlflow_runs")
-    rows = sorted((record_to_row(r) for r in parse_file(uniprot_dat).records), key=lambda r: r["accession"])
-    (tmp / "protanno").mkdir()
-    pq.write_table(rows_to_table(rows), tmp / "protanno" / "part-00000.parquet", row_group_size=32)
-    tracking_uri = f"sqlite:///{tmp}/mlflow.db"
-    cfg = _cfg(str(tmp / "runs"), str(tmp / "protanno"), tracking_uri)
-    result = run_pretrain(cfg)
-    return {"tmp": tmp, "cfg": cfg, "result": result, "tracking_uri": tracking_uri}
+    summary = shipped_tiny_run["summary"]
+    result = types.SimpleNamespace(run_id=summary["mlflow_run_id"], export_uri=summary["export"])
+    return {"tmp": shipped_tiny_run["tmp"], "cfg": cfg, "result": result,
+            "tracking_uri": shipped_tiny_run["tracking_uri"]}
 
 
 def _rest(server_url: str, endpoint: str, **query) -> dict:
@@ -132,7 +135,7 @@ def test_run_page_shows_tags_dataset_model_and_readable_metrics(trained, tmp_pat
     assert tags["protclip.run_key"].endswith("/runs/tiny#tiny")
     # the ProtAnno folder as a dataset input: digest of its manifest, the columns read as schema
     (ds,) = inputs
-    assert ds["dataset"]["name"] == "protanno:protanno" and len(ds["dataset"]["digest"]) == 32
+    assert ds["dataset"]["name"] == "protanno:protanno_samples" and len(ds["dataset"]["digest"]) == 32
     assert "sequence" in ds["dataset"]["schema"] and {"key": "mlflow.data.context", "value": "training"} in ds["tags"]
     # readable metrics: training curves, a few data summaries, system metrics; no mix cells, no bookkeeping
     assert {"train/loss", "val/loss", "data/swissprot_fraction", "data/train_rows_per_epoch_mean"} <= metrics

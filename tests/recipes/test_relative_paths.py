@@ -1,8 +1,9 @@
 """Relative paths of the shipped configs land where the user launched the job, not in Ray's session folder.
 
 The jobs run the way a user runs them, from another working directory with the shipped YAML files (relative
-``outputs/...`` and ``runs`` paths): ProtAnno build, a few pre-training steps, then LoRA on the pre-training run
-named by ``mlflow:<run id>`` (its tower is materialised under the run folder and loaded by the Ray workers).
+``outputs/...`` and ``runs`` paths): ProtAnno build and a few pre-training steps (the session's
+``shipped_tiny_run``, tests/conftest.py), then LoRA on the pre-training run named by ``mlflow:<run id>`` (its
+tower is materialised under the run folder and loaded by the Ray workers).
 """
 
 from __future__ import annotations
@@ -19,30 +20,18 @@ pytestmark = pytest.mark.ray
 CONFIGS = REPO_ROOT / "jobs" / "configs"
 
 
-def _last_json(text: str) -> dict:
-    start = text.rfind("\n{")
-    return json.loads(text[start + 1 if start >= 0 else 0:])
+def test_shipped_configs_from_another_working_directory(shipped_tiny_run, monkeypatch):
+    from protclip.recipes import finetune_lora
 
-
-def test_shipped_configs_from_another_working_directory(ray_local, tmp_path, monkeypatch, capsys):
-    from protclip.recipes import build_protanno, finetune_lora, pretrain
-
-    monkeypatch.chdir(tmp_path)
-    assert build_protanno.main(["--config", str(CONFIGS / "build_samples.yaml"),
-                                "--build.holdout.mode", "hash"]) == 0
+    tmp_path, out = shipped_tiny_run["tmp"], shipped_tiny_run["summary"]
     assert (tmp_path / "outputs" / "protanno_samples" / "manifest.json").is_file()
-
-    capsys.readouterr()
-    assert pretrain.main(["--config", str(CONFIGS / "tiny.yaml"), "--train.max_steps", "2",
-                          "--train.ckpt_every", "2", "--train.val_every", "0", "--train.warmup_steps", "1",
-                          "--eval.every_steps", "0"]) == 0
-    out = _last_json(capsys.readouterr().out)
     run = tmp_path / "runs" / "tiny"
     assert out["run"] == str(run) and out["export"] == str(run / "export")
     assert (run / "export" / "protein" / "config.json").is_file() and (run / "export" / "heads.safetensors").is_file()
     assert Path(out["checkpoint"]).is_relative_to(run) and Path(out["checkpoint"]).is_dir()
     assert (tmp_path / "mlflow.db").is_file()
 
+    monkeypatch.chdir(tmp_path)
     assert finetune_lora.main(["--config", str(CONFIGS / "deeploc_lora.yaml"),
                                "--base.source", f"mlflow:{out['mlflow_run_id']}",
                                "--data.max_rows", "48", "--data.max_length", "32", "--train.epochs", "1",

@@ -1,29 +1,40 @@
-"""On held-out rows of the real UniProt corpus: the exact index's top-k is brute-force cosine top-k, and
-text -> protein R@k through the index equals the retrieval eval suite's number on the same rows (the embedding
+"""On the held-out test clusters of the real UniProt corpus: the exact index's top-k is brute-force cosine top-k,
+and text -> protein R@k through the index equals the retrieval eval suite's number on the same rows (the embedding
 job's vectors are the suite's vectors)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from protclip.data.schema import record_to_row, rows_to_table
-from protclip.data.splits import split_by_hash
+from protclip.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory, shared_data):
-    """The test bucket (10%, by hashed accession) of the corpus as ProtAnno Parquet, and a tiny model."""
+    """The test split of the corpus as ProtAnno Parquet, and a tiny model.
+
+    The split is the shipped corpus build's (jobs/configs/build_corpus.yaml): whole MMseqs2 clusters at 30%
+    identity, computed by the same function the build runs, so no test protein has a close homologue elsewhere.
+    """
+    from protclip.config import load_config
+    from protclip.data.holdout import make_holdout
     from protclip.data.uniprot import parse_file
     from protclip.eval.protclip_embedder import ProtCLIPEmbedder
     from protclip.model.config import tiny_model_config
     from protclip.model.protclip import build_model
+    from protclip.recipes.build_protanno import BuildJobConfig
 
     records = parse_file(shared_data / "uniprot_corpus" / "uniprot_corpus.dat.gz").records
-    test = split_by_hash([r.accession for r in records], [0.9, 0.1], seed=0)[1]
-    rows = [record_to_row(records[i]) for i in test]
+    holdout_cfg = load_config(BuildJobConfig, REPO_ROOT / "jobs" / "configs" / "build_corpus.yaml").build.holdout
+    assert holdout_cfg.mode == "clusters"
+    split, _ = make_holdout({r.accession: r.sequence for r in records}, holdout_cfg)
+    test = set(split.filter(pc.equal(split["split"], "test"))["accession"].to_pylist())
+    rows = [record_to_row(r) for r in records if r.accession in test]
     path = tmp_path_factory.mktemp("holdout") / "test.parquet"
     pq.write_table(rows_to_table(rows), path)
     torch.manual_seed(0)

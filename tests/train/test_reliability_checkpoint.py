@@ -115,17 +115,46 @@ def test_half_written_checkpoint_is_never_loaded(run_dir, how):
     assert all(torch.equal(at2[k], v) for k, v in model.state_dict().items())
 
 
+def _worker_session(monkeypatch, run: Path):
+    """A ``RaySession`` as on rank 0 of a restarted worker group whose Ray Train run folder is ``run``."""
+    import types
+
+    import pyarrow.fs as pafs
+    import ray.train
+
+    from protclip.ray_session import RaySession
+
+    storage_ctx = types.SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), experiment_fs_path=str(run))
+    monkeypatch.setattr(ray.train, "get_context", lambda: types.SimpleNamespace(get_storage=lambda: storage_ctx))
+    session = RaySession.__new__(RaySession)
+    session.rank, session.world_size, session.resume_from = 0, 1, None
+    return session
+
+
+@pytest.mark.parametrize("reported", [None, "checkpoint_000000002_a"])
+def test_ray_worker_resumes_from_a_committed_checkpoint_ray_never_registered(run_dir, monkeypatch, reported):
+    """A worker that dies right after reporting a checkpoint can take the report with it (the controller had not
+    polled it yet): Ray then hands an older checkpoint, or none early in a run. The worker still resumes from the
+    newest complete checkpoint in the run folder, not from an older one or from step 0."""
+    import ray.train
+
+    run, _ = run_dir
+    session = _worker_session(monkeypatch, run)
+    monkeypatch.setattr(ray.train, "get_checkpoint",
+                        lambda: ray.train.Checkpoint(str(run / reported)) if reported else None)
+    with session.latest_checkpoint() as d:
+        assert Path(d) == run / "checkpoint_000000004_a"
+
+
 def test_ray_worker_resume_path_skips_the_damaged_latest(run_dir, monkeypatch):
     """``RaySession.latest_checkpoint`` (what every Ray Train worker runs on restart) gets Ray's latest, finds it
     incomplete and hands over the newest complete one; with none complete it raises instead of loading junk."""
     import ray.train
 
-    from protclip.ray_session import RaySession
 
     run, _ = run_dir
     _damage(run / "checkpoint_000000004_a", "shard_truncated")
-    session = RaySession.__new__(RaySession)
-    session.rank, session.world_size = 0, 1
+    session = _worker_session(monkeypatch, run)
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint(str(run / "checkpoint_000000004_a")))
     with session.latest_checkpoint() as d:
         assert Path(d) == run / "checkpoint_000000002_a"

@@ -1,21 +1,18 @@
 """Reliability: faults injected into real Ray Train runs (docs/reliability.md §1, §4).
 
-Training data: ProtAnno built from the fuzzed UniProt file of ``test_reliability_input`` (so it holds a
-100k-residue protein and U/O/B/Z/X residues), deterministic split so losses are reproducible step by step.
-
-A 6-step run (2 FSDP2 workers, checkpoint every 2 steps) is interrupted; the steps it ran before the fault are
-the uninterrupted run, and the same steps run again after the restart must log the same losses.
+The shared fault-test run (tests/helpers/fault_runs.py: 6 steps, 2 FSDP2 workers, checkpoint every 2,
+deterministic split, the fuzzed UniProt samples with a 100k-residue protein and U/O/B/Z/X residues); its
+uninterrupted losses come from the session's reference run (tests/train/conftest.py).
 
 1. Worker killed: rank 1 SIGKILLs itself after step 3 (``PROTCLIP_FAULT_*``, see protclip/train/faults.py). Ray
-   Train restarts the worker group (``max_failures=1``) from the step-2 checkpoint; step 3, before and after the
-   restart, logs the same loss.
+   Train restarts the worker group (``max_failures=1``) from the step-2 checkpoint; step 3 is logged twice and
+   every logged loss, before and after the restart, equals the reference at its step.
 2. Driver killed: ``jobs/pretrain.py`` (a real subprocess joined to the test's Ray instance, checkpoints on moto
    S3) is SIGKILLed while its workers are mid-run after step 5; the newest checkpoint (step 4) is then made
    half-uploaded (one rank's shard deleted). The job started again with the same ``storage.name`` /
    ``storage.storage_path`` resumes from the last *complete* checkpoint (step 2), continues the same MLflow run and
-   logs steps 3-5 again with the losses of the first driver.
+   reproduces the reference losses.
 Both also check that the planted credentials reach no output, log, MLflow entry, artifact or stored file.
-Three ``TorchTrainer.fit`` calls in all.
 """
 
 from __future__ import annotations
@@ -28,67 +25,42 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from protclip.paths import REPO_ROOT
+from tests.helpers.fault_runs import STEPS, as_argv, assert_matches_reference, fault_run_overrides
 
 pytestmark = pytest.mark.ray
 
 PLANTED = "planted-fault-secret-7312"
 ENV_SECRET = "testing-secret-value"  # the s3_server fixture's AWS_SECRET_ACCESS_KEY
-STEPS, CKPT = 6, 2
 
 
-def _overrides(data_uri: str, storage_path: str, name: str, endpoint: str, **train) -> dict[str, str]:
-    ov = {
-        "data.uri": data_uri, "data.sampling.mode": "none", "data.micro_batch_size": "4",
-        "data.max_protein_length": "130", "data.max_text_length": "128", "data.max_subtext_length": "64",
-        "data.bucket_window": "16", "data.shuffle_buffer": "32", "data.val_fraction": "0.1",
-        "data.num_epochs": "1", "data.split": "deterministic", "data.map_num_cpus": "0.5",
-        "model.protein_model": "random", "model.text_model": "random", "model.attention": "sdpa",
-        "model.projection_dim": "32", "model.proto_num": "16",
-        "train.num_workers": "2", "train.accum_steps": "1", "train.lr": "1e-3", "train.warmup_steps": "2",
-        "train.max_steps": str(STEPS), "train.ckpt_every": str(CKPT), "train.val_every": "0",
-        "train.log_every": "1", "train.keep_checkpoints": "2", "train.max_failures": "1", "train.export": "false",
-        "storage.storage_path": storage_path, "storage.name": name, "storage.endpoint_url": endpoint,
+def _overrides(data_uri: str, storage_path: str, name: str, endpoint: str) -> dict[str, str]:
+    return fault_run_overrides(data_uri, storage_path, name, endpoint) | {
         "storage.access_key_id": "testing", "storage.secret_access_key": PLANTED,
-        "tracking.experiment": "reliability-faults",
-    }  # fmt: skip
-    ov.update({f"train.{k}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in train.items()})
-    return ov
+        "tracking.experiment": "reliability-faults"}
 
 
-def _cfg(env, name: str, storage_path: str | None = None, **train):
+def _cfg(env, name: str, storage_path: str | None = None):
     from protclip.config import load_config
     from protclip.recipes.pretrain import PretrainConfig
 
     return load_config(PretrainConfig, None, _overrides(env["data"], storage_path or str(env["tmp"] / "runs"), name,
-                                                        env["endpoint"], **train))
+                                                        env["endpoint"]))
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, uniprot_dat, s3_server, ray_local):
+def env(tmp_path_factory, fault_data, s3_server, ray_local):
     import boto3
 
-    from protclip.data.schema import record_to_row, rows_to_table
-    from protclip.data.uniprot import parse_file
-    from tests.helpers.fuzz import LONG_LEN, make_fuzz
-
     tmp = tmp_path_factory.mktemp("faults")
-    (tmp / "fuzz.dat").write_bytes(make_fuzz(uniprot_dat.read_bytes()).data)
-    rows = sorted((record_to_row(r) for r in parse_file(tmp / "fuzz.dat").records), key=lambda r: r["accession"])
-    assert max(r["length"] for r in rows) == LONG_LEN
-    (tmp / "protanno").mkdir()
-    half = len(rows) // 2
-    for i, part in enumerate((rows[:half], rows[half:])):
-        pq.write_table(rows_to_table(part), tmp / "protanno" / f"part-{i:05d}.parquet", row_group_size=16)
     bucket = "reliability-faults"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     tracking = f"sqlite:///{tmp}/mlflow.db"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking
-    yield {"tmp": tmp, "data": str(tmp / "protanno"), "endpoint": s3_server, "bucket": bucket,
+    yield {"tmp": tmp, "data": str(fault_data), "endpoint": s3_server, "bucket": bucket,
            "tracking": tracking, "ray_address": ray_local.get_runtime_context().gcs_address}
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -100,20 +72,6 @@ def _history(env, run_id: str) -> list[tuple[int, float]]:
     from mlflow.tracking import MlflowClient
 
     return sorted((m.step, m.value) for m in MlflowClient(env["tracking"]).get_metric_history(run_id, "train/loss"))
-
-
-def _assert_replays_match(got: list[tuple[int, float]], replayed: list[int]) -> None:
-    """Every step logged; ``replayed`` logged twice (before the fault and after the restart) with one value."""
-    assert sorted({s for s, _ in got}) == list(range(1, STEPS + 1))
-    values: dict[int, list[float]] = {}
-    for step, value in got:
-        values.setdefault(step, []).append(value)
-    assert sorted(s for s, v in values.items() if len(v) == 2) == replayed, got
-    assert all(len(v) <= 2 for v in values.values()), got
-    # same machine, data, RNG and pinned worker threads: the same computation in the same order, so no rounding
-    # budget applies (and none could bound a trajectory, where a first difference grows with every step)
-    for step in replayed:
-        assert values[step][0] == values[step][1], (step, values[step])
 
 
 def _scan_for_secrets(env, extra_texts: list[str] = (), storage_root: Path | None = None) -> None:
@@ -141,7 +99,7 @@ def _scan_for_secrets(env, extra_texts: list[str] = (), storage_root: Path | Non
     assert not leaks, leaks
 
 
-def test_worker_killed_mid_run_restarts_from_checkpoint_with_identical_losses(env, monkeypatch):
+def test_worker_killed_mid_run_restarts_from_checkpoint_with_identical_losses(env, fault_reference, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from protclip.recipes.pretrain import run_pretrain
@@ -156,20 +114,20 @@ def test_worker_killed_mid_run_restarts_from_checkpoint_with_identical_losses(en
     assert res.metrics["step"] == STEPS
     run = MlflowClient(env["tracking"]).get_run(res.run_id)
     assert run.info.status == "FINISHED"
-    _assert_replays_match(_history(env, res.run_id), [3])  # step 3 ran before the kill and again from checkpoint 2
+    # step 3 ran before the kill and again from checkpoint 2
+    assert_matches_reference(_history(env, res.run_id), fault_reference, replayed=[3])
     _scan_for_secrets(env)
 
 
 def _job(env, name: str, extra_env: dict[str, str]) -> subprocess.Popen:
-    ov = _overrides(env["data"], f"s3://{env['bucket']}/runs", name, env["endpoint"])
-    args = [a for k, v in ov.items() for a in (f"--{k}", v)]
+    args = as_argv(_overrides(env["data"], f"s3://{env['bucket']}/runs", name, env["endpoint"]))
     full_env = {**os.environ, "RAY_ADDRESS": env["ray_address"], "MLFLOW_TRACKING_URI": env["tracking"],
                 "PYTHONUNBUFFERED": "1", **extra_env}
     return subprocess.Popen([sys.executable, "jobs/pretrain.py", *args], cwd=REPO_ROOT, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_driver_killed_then_restarted_resumes_from_last_complete_checkpoint(env):
+def test_driver_killed_then_restarted_resumes_from_last_complete_checkpoint(env, fault_reference):
     from mlflow.tracking import MlflowClient
 
     from protclip.storage import StorageConfig, filesystem
@@ -204,7 +162,8 @@ def test_driver_killed_then_restarted_resumes_from_last_complete_checkpoint(env)
     assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # one MLflow run across both drivers
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["protclip.resumed_from_step"] == "2"
-    _assert_replays_match(_history(env, summary["mlflow_run_id"]), [3, 4, 5])  # 1-5, then 3-6 from checkpoint 2
+    # steps 1-5 by the first driver, then 3-6 again from checkpoint 2
+    assert_matches_reference(_history(env, summary["mlflow_run_id"]), fault_reference, replayed=[3, 4, 5])
     assert summary["final"]["step"] == STEPS
     local = env["tmp"] / "s3-copy"
     fs.get(base, str(local), recursive=True)
