@@ -80,7 +80,8 @@ class EmbedConfig:
     num_gpus: float = 0.0  # per actor; e.g. 1 on GPU clusters (then bf16 by default)
     device: str = "auto"  # torch device inside an actor: auto = cuda when it was given a GPU
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    rows_per_batch: int = 512  # rows handed to an actor at once (the unit of Ray Data's streaming)
+    rows_per_batch: int = 512  # at most this many rows handed to an actor at once (fewer for small inputs, so
+    # that each actor gets at least 4 batches)
     batch_size: int = 64  # at most this many sequences a forward pass ...
     max_tokens_per_batch: int = 16384  # ... and at most this many padded tokens (token-budget batches)
     rows_per_shard: int = 50_000  # at least this many rows per output file (fewer in the last)
@@ -234,15 +235,19 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     if n_input == 0:
         raise ValueError(f"input {st.redact(in_uri)}: no usable records ({len(errors)} malformed)")
     t0 = time.perf_counter()
-    # one block per input file: cut into rows_per_batch blocks so every actor gets work (order is kept)
-    ds = ray.data.from_arrow_refs(refs).repartition(max(1, -(-n_input // cfg.rows_per_batch)))
+    # one block per input file: cut it so that every actor gets work (order is kept). At least 4 batches per
+    # actor, so the last one does not leave the others idle; Ray Data bundles blocks up to batch_size rows, so
+    # the batch must shrink with the blocks (500 rows in one 512-row batch kept one of 2 actors busy: 1.29x)
+    n_batches = max(-(-n_input // cfg.rows_per_batch), min(n_input, 4 * cfg.workers))
+    rows_per_batch = -(-n_input // n_batches)
+    ds = ray.data.from_arrow_refs(refs).repartition(n_batches)
     threads = max(1, int(cfg.num_cpus)) if cfg.num_gpus == 0 else 0
     ds = ds.map_batches(
         EmbedActor,
         fn_constructor_kwargs={"source": source, "checksum": info.checksum, "kind": cfg.input.kind,
                                "device": cfg.device, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
                                "max_tokens": cfg.max_tokens_per_batch, "num_threads": threads},
-        batch_size=cfg.rows_per_batch,
+        batch_size=rows_per_batch,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         num_cpus=cfg.num_cpus,
