@@ -42,7 +42,7 @@ def test_help_lists_keys_defaults_and_comments_without_ray_or_torch(job):
         "pretrain": ("--train.lr = 1e-05", "base LR (heads, projections, scales)"),
         "finetune_lora": ("--lora.r = 8", "rank of the update"),
         "evaluate": ("--source.export = None", "export dir: protein/ + text/"),
-        "build_protanno": ("--build.rows_per_shard = 200000", "Parquet shard size target"),
+        "build_protanno": ("--build.rows_per_shard = 25000", "Parquet shard size target"),
         "embed": ("--workers = 1", "actors embedding in parallel"),
         "index": ("--overwrite = False", "replace an existing index"),
         "demo": (f"{prefix}train.max_steps = None", "optimizer steps; None = all data epochs"),
