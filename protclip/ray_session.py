@@ -85,7 +85,7 @@ class RaySession:
                 with ray.train.Checkpoint(self.resume_from).as_directory() as d:
                     yield d
             return
-        for ckpt in _candidates(latest):
+        for ckpt in _candidates(latest, self.rank):
             with ckpt.as_directory() as d:
                 try:
                     verify_checkpoint(d)
@@ -117,19 +117,12 @@ def _newest_in_run_folder(rank: int, reported: Any) -> Any:
     ones (:func:`_candidates`); a restarted driver reads the same folder
     (:func:`protclip.train.run_folder.peek_latest_state`).
     """
-    import pyarrow.fs as pafs
     import ray.train
     from ray.train import Checkpoint
 
     ctx = ray.train.get_context().get_storage()
     fs, root = ctx.storage_filesystem, ctx.experiment_fs_path
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except OSError as e:
-        _log.warning("rank %d: cannot list the run folder %s: %s", rank, root, storage.redact(str(e)))
-        return reported
-    dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                   and posixpath.basename(i.path).startswith("checkpoint_")), reverse=True)
+    dirs = _checkpoint_dirs(fs, root, rank)
     newest = dirs[0] if dirs else None
     if newest is None or (reported is not None
                           and posixpath.basename(reported.path) >= posixpath.basename(newest)):
@@ -140,20 +133,25 @@ def _newest_in_run_folder(rank: int, reported: Any) -> Any:
     return Checkpoint(path=newest, filesystem=fs)
 
 
-def _candidates(latest: Any) -> list[Any]:
-    """``latest`` first, then the run's other checkpoint folders, newest (highest step) first."""
+def _checkpoint_dirs(fs: Any, root: str, rank: int) -> list[str] | None:
+    """The ``checkpoint_*`` folders of a run folder, newest (highest step) first; None when it cannot be listed."""
     import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError as e:
+        _log.warning("rank %d: cannot list the run folder %s: %s", rank, root, storage.redact(str(e)))
+        return None
+    return sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                   and posixpath.basename(i.path).startswith("checkpoint_")), reverse=True)
+
+
+def _candidates(latest: Any, rank: int = 0) -> list[Any]:
+    """``latest`` first, then the run's other checkpoint folders, newest (highest step) first."""
     from ray.train import Checkpoint
 
-    out = [latest]
-    try:
-        infos = latest.filesystem.get_file_info(pafs.FileSelector(posixpath.dirname(latest.path)))
-    except OSError as e:
-        _log.warning("cannot list older checkpoints next to %s: %s", latest.path, storage.redact(str(e)))
-        return out
-    dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                   and posixpath.basename(i.path).startswith("checkpoint_") and i.path != latest.path), reverse=True)
-    return out + [Checkpoint(path=p, filesystem=latest.filesystem) for p in dirs]
+    dirs = _checkpoint_dirs(latest.filesystem, posixpath.dirname(latest.path), rank) or []
+    return [latest] + [Checkpoint(path=p, filesystem=latest.filesystem) for p in dirs if p != latest.path]
 
 
 def _same_on_all_ranks(path: str) -> None:

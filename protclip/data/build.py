@@ -365,7 +365,7 @@ class ProtAnnoSink:
         is_err = pa.compute.is_valid(t.column("_error"))
         bad = t.filter(is_err).column("_error")
         good = t.filter(pa.compute.invert(is_err)).drop_columns(["_error"])
-        del t  # one copy of the shard's rows at a time: the memory of this task bounds the shard size
+        del t  # the unfiltered rows are not needed past here: the task's peak memory follows the shard size
         counts = good.column("_source").value_counts().to_pylist()
         result["parsed_by_source"] = {c["values"]: c["counts"] for c in counts}
         good = good.drop_columns(["_source"])

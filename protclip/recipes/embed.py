@@ -125,6 +125,18 @@ class EmbedActor:
         return out.add_column(0, "row", batch.column("row"))
 
 
+def batch_plan(n_rows: int, max_rows_per_batch: int, workers: int) -> tuple[int, int]:
+    """(batches, rows per batch) for ``n_rows`` inputs: at most ``max_rows_per_batch`` rows each and at least 4
+    batches per actor (as inputs allow), so that no actor idles while another ends the job.
+
+    Ray Data bundles blocks up to ``batch_size`` rows, so the batch must shrink with the blocks: 500 rows in one
+    512-row batch kept one of 2 actors busy (1.29x a single process instead of 1.61x;
+    benchmarks/results/embed_cpu_202612.md).
+    """
+    n_batches = max(1, -(-n_rows // max_rows_per_batch), min(n_rows, 4 * workers))
+    return n_batches, max(1, -(-n_rows // n_batches))
+
+
 def _parse_file(uri: str, kind: str, fmt: str, storage: StorageConfig, columns: dict[str, str]) -> tuple[Any, list[str], int]:
     from protclip.search.readers import read_input
 
@@ -235,11 +247,8 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     if n_input == 0:
         raise ValueError(f"input {st.redact(in_uri)}: no usable records ({len(errors)} malformed)")
     t0 = time.perf_counter()
-    # one block per input file: cut it so that every actor gets work (order is kept). At least 4 batches per
-    # actor, so the last one does not leave the others idle; Ray Data bundles blocks up to batch_size rows, so
-    # the batch must shrink with the blocks (500 rows in one 512-row batch kept one of 2 actors busy: 1.29x)
-    n_batches = max(-(-n_input // cfg.rows_per_batch), min(n_input, 4 * cfg.workers))
-    rows_per_batch = -(-n_input // n_batches)
+    # one block per input file: cut it so that every actor gets work (order is kept)
+    n_batches, rows_per_batch = batch_plan(n_input, cfg.rows_per_batch, cfg.workers)
     ds = ray.data.from_arrow_refs(refs).repartition(n_batches)
     threads = max(1, int(cfg.num_cpus)) if cfg.num_gpus == 0 else 0
     ds = ds.map_batches(

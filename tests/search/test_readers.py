@@ -87,3 +87,16 @@ def test_formats_by_extension_and_inputs_of_a_folder(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in list_inputs(str(tmp_path / "d"))] == ["a.fasta", "b.fasta"]
     res = read_input(str(tmp_path / "d" / "a.fasta"), "protein")
     assert res.table.num_rows == 1
+
+
+def test_embedding_batches_give_every_actor_work():
+    """Small inputs are cut so every actor gets at least 4 batches; large ones keep the batch cap."""
+    from protclip.recipes.embed import batch_plan
+
+    assert batch_plan(500, 512, 2) == (8, 63)  # not one 512-row batch for one of the 2 actors
+    assert batch_plan(100_000, 512, 2) == (196, 511)
+    assert batch_plan(3, 512, 2) == (3, 1)
+    for n, cap, workers in ((500, 512, 2), (1, 512, 4), (10_001, 64, 8), (7, 2, 3)):
+        batches, rows = batch_plan(n, cap, workers)
+        assert rows <= cap and batches * rows >= n and (batches - 1) * rows < n
+        assert batches >= min(n, 4 * workers)
