@@ -3,7 +3,8 @@
 
     python jobs/predict_lora.py --adapter runs/deeploc_lora/export/adapter --input seqs.fasta --output preds.csv
 
-Exit codes: 0 ok, 1 failed (a missing adapter or input file: one line), 2 bad arguments.
+Exit codes (one line on stderr): 0 ok; 1 failed (a missing or unreadable adapter); 2 bad arguments or an input
+file that does not parse (the line names file, record and field); 3 the input file does not exist.
 """
 
 import sys
@@ -12,11 +13,17 @@ from protclip.cli import run_main
 
 
 def main(argv: list[str]) -> int:
-    """Load the adapter (torch, peft) only after the arguments parsed."""
+    """Load the adapter (torch, peft) only after the arguments parsed; ``--help`` reads the options from the
+    source of ``PredictConfig`` without importing torch."""
+    if any(a in ("-h", "--help") for a in argv):
+        from protclip.help import options_help
+
+        print(options_help("protclip.finetune.infer", "PredictConfig", __doc__))
+        return 0
     from protclip.finetune.infer import main as predict
 
     return predict(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, help_passthrough=True))
+    sys.exit(run_main(main, sys.argv[1:], help_passthrough=True))

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-__all__ = ["FieldDoc", "ConfigDoc", "config_doc", "root_config_of", "format_config", "job_help"]
+__all__ = ["FieldDoc", "ConfigDoc", "config_doc", "root_config_of", "format_config", "job_help", "cli_flag",
+           "options_help"]
 
 WIDTH = 118
 _PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -260,4 +261,24 @@ def job_help(module: str, configs: Mapping[str, str] | None = None, doc: str | N
         out += format_config(cdoc, f"{prefix}." if prefix else "")
     out += ["", "Exit codes: 0 ok, 1 failed (bad input data, a failed suite), 2 config error, 3 storage error, "
             "5 tracking (MLflow) error, 6 Ray could not start, 130 interrupted."]
+    return "\n".join(out).strip() + "\n"
+
+
+def cli_flag(name: str) -> str:
+    """The argparse spelling of a field of a flat options config: ``-k`` for ``k``, ``--batch-size`` for
+    ``batch_size`` (the tools that take such options keep their documented argparse flags)."""
+    return f"-{name}" if len(name) == 1 else "--" + name.replace("_", "-")
+
+
+def options_help(module: str, class_name: str, doc: str | None = None) -> str:
+    """``--help`` of a command-line tool whose options are the fields of one flat config class (no ``--config``
+    file, no sections): each flag with its default and the field's comment. ``doc`` defaults to the module's
+    docstring (usage and exit codes)."""
+    cdoc = config_doc(module, class_name)
+    text = doc if doc is not None else ast.get_docstring(_module(module).tree) or ""
+    out = [text.strip(), "", f"Options ({cdoc.name}): {cdoc.doc}".strip()]
+    for f in cdoc.fields:
+        out.append(f"  {cli_flag(f.name)} = {f.default}   ({f.annotation})")
+        if f.comment:
+            out += _wrap(f.comment, 6)
     return "\n".join(out).strip() + "\n"

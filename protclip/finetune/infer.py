@@ -4,6 +4,9 @@ Loads the base tower recorded in the adapter (or ``--base``), a fresh task model
 ``PeftModel.from_pretrained`` (or a merged model with ``--model``), predicts on a FASTA / CSV / TSV / Parquet file
 and writes CSV or Parquet (by the output's extension): one row per sequence with the prediction and its scores
 (class probabilities ``p_<label>``; per-residue: 1-based predicted positions and per-residue scores).
+
+Exit codes (one line on stderr): 0 ok; 1 failed (a missing or unreadable adapter); 2 bad arguments or an input
+file that does not parse; 3 the input file does not exist.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from protclip.cli import EXIT_CONFIG, EXIT_STORAGE, run_main
 from protclip.data.batching import length_batches
 from protclip.data.formats import FormatError, clean_sequence, read_fasta, read_table_frame
 from protclip.dist import resolve_device
@@ -25,6 +30,46 @@ from protclip.finetune.evaluate import batch_outputs, prediction_rows
 from protclip.finetune.model import TaskSpec, load_adapter, load_merged
 
 _log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "fasta", "csv", "tsv", "parquet")
+
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    """What to predict with and on; each field is a flag (``batch_size`` -> ``--batch-size``)."""
+
+    adapter: str | None = None  # adapter folder written by a LoRA job (<run>/export/adapter); or --model
+    model: str | None = None  # merged model folder (<run>/export/merged); or --adapter
+    base: str | None = None  # base tower folder or hub id; None = the one recorded in the adapter
+    input: str  # FASTA, CSV, TSV or Parquet file with the sequences
+    format: str = "auto"  # auto | fasta | csv | tsv | parquet; auto = by the input's file extension
+    sequence_column: str = "sequence"  # table column with the sequences
+    id_column: str = "id"  # table column with the ids (row<N> when absent); FASTA: the header's first word
+    output: str  # predictions file: .csv, .tsv or .parquet
+    batch_size: int = 16  # sequences per forward pass
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The flags of :class:`PredictConfig`. No defaults here (None = not given): they live in the dataclass,
+    which ``--help`` reads without importing this module."""
+    ap = argparse.ArgumentParser(prog="jobs/predict_lora.py", add_help=False)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--adapter")
+    src.add_argument("--model")
+    ap.add_argument("--base")
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--format", choices=FORMATS)
+    ap.add_argument("--sequence-column")
+    ap.add_argument("--id-column")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--device")
+    return ap
+
+
+def parse_args(argv: list[str]) -> PredictConfig:
+    return PredictConfig(**{k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None})
 
 
 def read_inputs(path: str | Path, fmt: str = "auto", sequence_column: str = "sequence",
@@ -75,25 +120,25 @@ def write_rows(rows: list[dict[str, Any]], output: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--adapter", help="adapter folder written by a LoRA job (<run>/export/adapter)")
-    src.add_argument("--model", help="merged model folder (<run>/export/merged)")
-    ap.add_argument("--base", help="base tower folder or hub id (default: the one recorded in the adapter)")
-    ap.add_argument("--input", required=True, help="FASTA, CSV, TSV or Parquet with sequences")
-    ap.add_argument("--format", default="auto", choices=["auto", "fasta", "csv", "tsv", "parquet"])
-    ap.add_argument("--sequence-column", default="sequence")
-    ap.add_argument("--id-column", default="id")
-    ap.add_argument("--output", required=True, help="predictions file (.csv, .tsv or .parquet)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    args = ap.parse_args(argv)
+    """Exit codes as ``jobs/predict_lora.py`` documents them; a missing input file is 3 (README table)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        from protclip.help import options_help
+
+        print(options_help("protclip.finetune.infer", "PredictConfig"))
+        return 0
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    src = Path(args.input)
+    if not src.is_file():
+        print(f"storage error: --input {src.resolve()}: {'not a file' if src.exists() else 'no such file'}",
+              file=sys.stderr)
+        return EXIT_STORAGE
     try:
-        ids, seqs = read_inputs(args.input, args.format, args.sequence_column, args.id_column)
-    except (FormatError, FileNotFoundError, ValueError) as e:
+        ids, seqs = read_inputs(src, args.format, args.sequence_column, args.id_column)
+    except (FormatError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.adapter:
         model, spec = load_adapter(args.adapter, args.base)
     else:
@@ -108,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, help_passthrough=True))

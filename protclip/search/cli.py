@@ -17,34 +17,66 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 from protclip.cli import EXIT_CONFIG, EXIT_FAILED, run_main, setup_logging
 from protclip.config import ConfigError
 from protclip.search.identity import IndexModelMismatch
 from protclip.storage import redact
 
-__all__ = ["main", "search_main", "EXIT_MISMATCH"]
+__all__ = ["main", "search_main", "search_help", "SearchConfig", "EXIT_MISMATCH"]
 
 EXIT_MISMATCH = 4
 
 
+@dataclass(kw_only=True)
+class SearchConfig:
+    """The query, the index and the model; each field is a flag (``batch_size`` -> ``--batch-size``)."""
+
+    index: str  # index folder (path or URI) written by jobs/index.py
+    text: list[str] | None = None  # a function text to rank the proteins of a protein index by (repeat the flag)
+    fasta: str | None = None  # proteins to annotate (path or URI) from a text index; or --text
+    k: int = 10  # hits per query
+    format: str = "json"  # json | tsv (query, rank, id, score, description) on stdout
+    export: str | None = None  # model export folder; None = the model the index records
+    checkpoint: str | None = None  # model checkpoint folder (instead of --export)
+    mlflow_run_id: str | None = None  # pre-training MLflow run whose model to use (instead of --export)
+    model_config: str | None = None  # run config describing a checkpoint's architecture
+    tracking_uri: str | None = None  # MLflow tracking URI (for --mlflow-run-id)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    batch_size: int = 16  # queries embedded per forward pass
+
+
+def search_help() -> str:
+    """``--help``, read from the source of :class:`SearchConfig`. ``python -m protclip search --help`` prints
+    the same text without importing this package (its ``__init__`` imports torch)."""
+    from protclip.help import options_help
+
+    return options_help("protclip.search.cli", "SearchConfig")
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The flags of :class:`SearchConfig`. No defaults here (None = not given): they live in the dataclass."""
     p = argparse.ArgumentParser(prog="python -m protclip search", add_help=False)
-    p.add_argument("--index", required=True, help="index folder (path or URI) written by jobs/index.py")
+    p.add_argument("--index", required=True)
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--text", action="append", help="a function text (repeat for several)")
-    q.add_argument("--fasta", help="proteins to annotate (path or URI); needs a text index")
-    p.add_argument("-k", type=int, default=10, help="hits per query")
-    p.add_argument("--format", choices=("json", "tsv"), default="json")
+    q.add_argument("--text", action="append")
+    q.add_argument("--fasta")
+    p.add_argument("-k", type=int)
+    p.add_argument("--format", choices=("json", "tsv"))
     m = p.add_mutually_exclusive_group()
-    m.add_argument("--export", help="model export folder (default: the model index.json records)")
-    m.add_argument("--checkpoint", help="model checkpoint folder")
-    m.add_argument("--mlflow-run-id", help="pre-training MLflow run")
-    p.add_argument("--model-config", help="run config describing a checkpoint's architecture")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (for --mlflow-run-id)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    m.add_argument("--export")
+    m.add_argument("--checkpoint")
+    m.add_argument("--mlflow-run-id")
+    p.add_argument("--model-config")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--device")
+    p.add_argument("--batch-size", type=int)
     return p
+
+
+def parse_args(argv: list[str]) -> SearchConfig:
+    return SearchConfig(**{k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None})
 
 
 def _tsv_cell(v: object) -> str:
@@ -63,7 +95,7 @@ def search_main(argv: list[str]) -> int:
 
     setup_logging()
     try:
-        args = _parser().parse_args(argv)
+        args = parse_args(argv)
     except SystemExit as e:  # argparse already printed the one-line reason
         raise ConfigError("bad arguments to `python -m protclip search`") from e
     if args.k < 1:
@@ -109,4 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m protclip {{{','.join(COMMANDS)}}} ...  (then --help)", file=sys.stderr)
         return EXIT_CONFIG
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(search_help())
+        return 0
     return run_main(COMMANDS[argv[0]], argv[1:])

@@ -433,4 +433,4 @@ def test_infer_single_label_fasta_to_csv(tower, tmp_path, shared_data):
     # an fp32 softmax over the two classes sums to 1 up to its rounding
     assert np.all(np.abs(df["p_Cytoplasm"] + df["p_Nucleus"] - 1.0) <= eps_atol(1.0))
     assert infer_main(["--adapter", str(tmp_path / "ad"), "--input", str(tmp_path / "missing.fasta"),
-                       "--output", str(tmp_path / "p.csv")]) == 2
+                       "--output", str(tmp_path / "p.csv")]) == 3  # README: missing input is a storage error

@@ -14,13 +14,16 @@ import pytest
 from protclip import cli
 from protclip.paths import REPO_ROOT
 
-JOBS = ("pretrain", "finetune_lora", "evaluate", "build_protanno", "embed", "index", "demo")
+JOBS = ("pretrain", "finetune_lora", "evaluate", "build_protanno", "embed", "index", "demo", "predict_lora",
+        "search")
 CONFIGS = REPO_ROOT / "jobs" / "configs"
 
 
 def _job(name: str, *args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", str(REPO_ROOT / "jobs" / f"{name}.py"), *args],
-                          capture_output=True, text=True, timeout=120, cwd=cwd or REPO_ROOT, env=env)
+    """``jobs/<name>.py``; ``search`` is ``python -m protclip search``."""
+    cmd = ["-m", "protclip", "search"] if name == "search" else [str(REPO_ROOT / "jobs" / f"{name}.py")]
+    return subprocess.run([sys.executable, "-X", "importtime", *cmd, *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd or REPO_ROOT, env=env)
 
 
 def _imported(stderr: str) -> set[str]:
@@ -46,10 +49,37 @@ def test_help_lists_keys_defaults_and_comments_without_ray_or_torch(job):
         "embed": ("--workers = 1", "actors embedding in parallel"),
         "index": ("--overwrite = False", "replace an existing index"),
         "demo": (f"{prefix}train.max_steps = None", "optimizer steps; None = all data epochs"),
+        "predict_lora": ("--batch-size = 16", "sequences per forward pass"),
+        "search": ("-k = 10", "hits per query"),
     }[job]
     assert expected[0] in r.stdout and expected[1] in r.stdout, r.stdout[:3000]
     if job == "demo":
         assert "--build.build.inputs = []" in r.stdout
+
+
+@pytest.mark.parametrize("module,config", [("protclip.finetune.infer", "PredictConfig"),
+                                           ("protclip.search.cli", "SearchConfig")])
+def test_argparse_tools_take_exactly_the_flags_their_help_lists(module, config):
+    """predict and search parse argparse flags; their --help lists the config's fields: the two must match."""
+    import dataclasses
+    import importlib
+
+    from protclip.help import cli_flag, config_doc
+
+    mod = importlib.import_module(module)
+    parser = mod._parser()
+    fields = [f.name for f in dataclasses.fields(getattr(mod, config))]
+    assert [f.name for f in config_doc(module, config).fields] == fields
+    assert {a.dest for a in parser._actions} == set(fields)
+    assert {cli_flag(n) for n in fields} == {s for a in parser._actions for s in a.option_strings}
+    assert all(a.default is None for a in parser._actions)  # the defaults --help shows are the ones used
+
+
+def test_predict_with_a_missing_input_file_is_one_line_exit_3(tmp_path):
+    r = _job("predict_lora", "--adapter", "ad", "--input", "missing.fasta", "--output", "p.csv", cwd=tmp_path)
+    assert r.returncode == cli.EXIT_STORAGE
+    assert _errors(r.stderr) == [f"storage error: --input {tmp_path / 'missing.fasta'}: no such file"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_finetune_without_arguments_fails_fast_in_one_line(tmp_path):
