@@ -55,10 +55,9 @@ class EvalSuiteConfig:
 
     suite: str = ""  # registry name: retrieval | zero_shot | linear_probe | finetune_head | mutation | ppi
     name: str = ""  # label in metric names ([a-z0-9_]); default: the suite name
-    config: dict[str, Any] = field(
-        default_factory=dict
-    )  # the suite's config (its dataclass fields); paths may
-    # be relative (to the job's working directory) or "shared:<path under the shared data folder>"
+    # the suite's config (its dataclass fields); paths may be relative (to the job's working directory) or
+    # "shared:<path under the shared data folder>"
+    config: dict[str, Any] = field(default_factory=dict)
     # which protein embedding the suite sees: joint = projected CLIP space (needed to compare with texts);
     # tower = mean-pooled last layer of the protein tower (probes, PPI); auto = joint for retrieval/zero_shot
     protein_space: Literal["auto", "joint", "tower"] = "auto"
