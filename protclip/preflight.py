@@ -8,7 +8,10 @@ tracking folder found after that is a wall of tracebacks from several processes.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from protclip.tracking import TrackingConfig, resolve_tracking_uri
 
@@ -62,13 +65,40 @@ def check_tracking(cfg: TrackingConfig) -> str | None:
     return uri
 
 
+#: loggers that report a sqlite store's schema set-up at INFO (alembic's migration steps among them)
+_STORE_SETUP_LOGGERS = ("mlflow.store.db.utils", "alembic")
+
+
+@contextmanager
+def _quiet_store_setup() -> Iterator[None]:
+    """Lift the store set-up loggers to WARNING while a run is looked up: the lookup's answer is one line."""
+    loggers = [logging.getLogger(n) for n in _STORE_SETUP_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def check_mlflow_run(tracking_uri: str, run_id: str, what: str) -> None:
-    """Fail in one line when ``run_id`` (named by config key ``what``) is not in the tracking store."""
+    """Fail in one line when ``run_id`` (named by config key ``what``) is not in the tracking store.
+
+    A local store that does not exist holds no run, and is not created to find that out (opening a sqlite
+    store writes the file and its tables into, by default, the working directory)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    path = _local_store_path(tracking_uri)
+    if path is not None and not os.path.exists(path):
+        raise TrackingError(f"{what}: MLflow run {run_id!r} does not exist in {tracking_uri} (there is no MLflow "
+                            f"store at {os.path.abspath(path)}; set tracking.uri or MLFLOW_TRACKING_URI to the "
+                            "store of the run)")
     try:
-        MlflowClient(tracking_uri).get_run(run_id)
+        with _quiet_store_setup():
+            MlflowClient(tracking_uri).get_run(run_id)
     except MlflowException as e:
         if "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower():
             raise TrackingError(f"{what}: MLflow run {run_id!r} does not exist in {tracking_uri}") from None

@@ -108,13 +108,13 @@ def preflight(cfg: FinetuneConfig) -> None:
         raise ConfigError("data.path is empty: give the labelled data, e.g. --config jobs/configs/deeploc_lora.yaml "
                           "(python jobs/finetune_lora.py --help lists every key)", "data.path")
     storage.check_access(cfg.data.path, cfg.storage)
+    tracking_uri = check_tracking(cfg.tracking)
+    if cfg.base.source.startswith("mlflow:"):  # before the write checks below, which create the run folder
+        check_mlflow_run(tracking_uri or resolve_tracking_uri(cfg.tracking.uri), cfg.base.source[len("mlflow:"):],
+                         "base.source")
     storage.check_access(cfg.run.storage_path, cfg.storage, write=True)
     if cfg.run.output_dir:
         storage.check_access(cfg.run.output_dir, cfg.storage, write=True)
-    tracking_uri = check_tracking(cfg.tracking)
-    if cfg.base.source.startswith("mlflow:"):
-        check_mlflow_run(tracking_uri or resolve_tracking_uri(cfg.tracking.uri), cfg.base.source[len("mlflow:"):],
-                         "base.source")
     for value in (cfg.base.pretrain_config, cfg.run.resume_from):
         if value:
             storage.check_access(value, cfg.storage)

@@ -3,6 +3,7 @@ documented exit code (README, "Errors and exit codes") before starting Ray."""
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import subprocess
@@ -109,6 +110,38 @@ def test_evaluate_bad_export_folder_exits_with_the_documented_codes(tmp_path, mo
     rc, err = run("--source.mlflow_run_id", "0123456789abcdef")
     assert rc == cli.EXIT_TRACKING
     assert err[-1].startswith("tracking error: source.mlflow_run_id: MLflow run '0123456789abcdef' does not exist")
+
+
+RUN_ID = "0123456789abcdef"
+UNKNOWN_RUN = {"evaluate": ("source.mlflow_run_id", "--config", str(CONFIGS / "evaluate.yaml"),
+                            "--source.mlflow_run_id", RUN_ID),
+               "finetune_lora": ("base.source", "--config", str(CONFIGS / "deeploc_lora.yaml"),
+                                 "--base.source", f"mlflow:{RUN_ID}")}
+
+
+@pytest.mark.parametrize("job,store", [("evaluate", "default"), ("finetune_lora", "default"),
+                                       ("evaluate", "existing")])
+def test_an_unknown_mlflow_run_is_one_line_and_leaves_the_working_directory_as_it_was(job, store, tmp_path):
+    """The shipped configs from an empty working directory: no mlflow.db, no runs/ folder, no MLflow set-up
+    log lines; with a store that exists (elsewhere) but lacks the run, the same one line."""
+    from mlflow.tracking import MlflowClient
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PROTCLIP_LOG_DIR"] = str(tmp_path / "logs")
+    key, *args = UNKNOWN_RUN[job]
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    if store == "existing":
+        uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+        (tmp_path / "store").mkdir()
+        MlflowClient(uri).search_experiments()  # creates the store and its tables
+        args += ["--tracking.uri", uri]
+    r = _job(job, *args, cwd=cwd, env=env)
+    assert r.returncode == cli.EXIT_TRACKING, r.stderr[-2000:]
+    (line,) = _errors(r.stderr)
+    assert line.startswith(f"tracking error: {key}: MLflow run '{RUN_ID}' does not exist in {uri}"), line
+    assert list(cwd.iterdir()) == []
 
 
 def test_a_bad_cli_value_is_reported_as_a_command_line_value(tmp_path):
