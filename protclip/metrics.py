@@ -1,4 +1,5 @@
-"""Evaluation metrics with the definitions of method.md §6 (TorchDrug's, where ProtCLIP/ProtST use them).
+"""Evaluation metrics as ProtCLIP and ProtST define them (TorchDrug's, where they use TorchDrug;
+docs/eval.md, "Metric definitions").
 
 Conventions: inputs are numpy arrays (lists are accepted); outputs are plain floats so they log to MLflow as
 is. A metric that is undefined on its input (e.g. Spearman of a constant vector) returns ``nan``.

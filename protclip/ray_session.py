@@ -6,7 +6,7 @@ size, the worker's device, the dataset shards, the checkpoint to resume from, re
 to Ray's storage) comes through this class, so both behave the same on restart and when reporting.
 
 Restart semantics: Ray Train V2 keeps a run's state under ``<storage_path>/<name>/`` and
-``ray.train.get_checkpoint()`` hands every worker the latest checkpoint its controller registered (stack.md §4);
+``ray.train.get_checkpoint()`` hands every worker the latest checkpoint its controller registered;
 :meth:`RaySession.latest_checkpoint` takes the newest checkpoint folder of the run instead when Ray's is older
 (a report lost with a dying worker), verifies it, and falls back to older ones when it is incomplete.
 """

@@ -1,4 +1,5 @@
-"""Collation: a batch of ProtAnno rows -> the model's inputs, with dynamic padding (method.md §4.8 step 1).
+"""Collation: a batch of ProtAnno rows -> the model's inputs, with dynamic padding (each batch padded to its own
+longest sequence).
 
 Pure and picklable (Ray Data workers call it later): tokenizers are built lazily on first use, randomness comes
 from a numpy generator seeded per batch, so the same rows with the same seed give the same tensors anywhere.

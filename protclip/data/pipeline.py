@@ -22,7 +22,9 @@ mode read tasks finish out of order, so micro-batches of two consecutive epochs 
 every micro-batch carries its ``epoch``. Deterministic mode is epoch-major (order preserved).
 
 Resources (2-core machines): start Ray with spare logical CPUs (``init_ray(num_cpus=4)`` for 2 workers at 1 CPU)
-or give workers fractional CPUs; every task here asks for ``data.map_num_cpus`` (docs/stack.md §5, pitfall 1).
+or give workers fractional CPUs; every task here asks for ``data.map_num_cpus``. Without CPUs left
+over by the training workers these tasks are never scheduled and training hangs at the first batch
+(docs/data_pipeline.md, "Resources on small machines").
 """
 
 from __future__ import annotations

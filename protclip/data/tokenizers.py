@@ -80,7 +80,7 @@ def text_tokenizer_dir(text_model: str, text_tokenizer: str = "") -> str:
 def load_text_tokenizer(source: str):
     """BERT tokenizer from a directory with ``vocab.txt`` (or a hub id outside tests).
 
-    ``BertTokenizer(vocab_file=...)`` silently ignores the file in transformers 5 (stack.md §3), hence
+    ``BertTokenizer(vocab_file=...)`` silently ignores the file in transformers 5, hence
     ``from_pretrained`` on the directory.
     """
     from transformers import BertTokenizer

@@ -43,9 +43,9 @@ class HFProteinEmbedder:
 
     Accepts an ``EsmForMaskedLM`` (embeddings and ``mlm_log_probs``), an ``EsmModel``, or any model with an
     ``.esm`` attribute such as ``EsmForSequenceClassification`` (embeddings only). The embedding is the mean of
-    the last hidden layer over residue tokens, excluding ``<cls>``, ``<eos>`` and padding (the protocol of
-    method.md §6.2 for the KG tasks). Sequences longer than ``max_length - 2`` residues are cropped to their
-    first ``max_length - 2`` residues (deterministic; training uses random crops, evaluation must not).
+    the last hidden layer over residue tokens, excluding ``<cls>``, ``<eos>`` and padding. Sequences
+    longer than ``max_length - 2`` residues are cropped to their first ``max_length - 2`` residues
+    (deterministic; training uses random crops, evaluation must not).
 
     Tokenization maps one character to one token itself (unknown letters to ``<unk>``) instead of calling the
     HF tokenizer, whose ``EsmTokenizer`` merges runs of unknown letters into one ``<unk>`` and would shift

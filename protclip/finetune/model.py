@@ -125,7 +125,7 @@ def build_task_model(tower: str, spec: TaskSpec, *, head_dropout: float = 0.1, r
     if missing or result.unexpected_keys:
         raise ValueError(f"base tower {tower} does not fit {type(model).__name__}: missing {missing[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}")
-    model.esm.contact_head.requires_grad_(False)  # unused by forward: no grad, no optimizer state (stack.md §4)
+    model.esm.contact_head.requires_grad_(False)  # unused by forward: no grad, so no optimizer state
     model.config.name_or_path = tower
     return model
 

@@ -1,6 +1,6 @@
 """Attention backends for both towers, plugged in through transformers' attention interface.
 
-``xformers`` is registered as a custom attention function. Three traps of transformers 5.23 (stack.md §3):
+``xformers`` is registered as a custom attention function. Three traps of transformers 5.23:
 1. the name must also be registered in ``AttentionMaskInterface``, or the padding mask is silently dropped;
 2. ESM pre-scales the query and passes ``scaling=1.0``, so the scale must be forwarded, not defaulted;
 3. ``_from_config(cfg, attn_implementation=...)`` writes into ``cfg``: configs are deep-copied by the caller.

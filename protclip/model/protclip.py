@@ -1,4 +1,4 @@
-"""The ProtCLIP dual encoder: ESM-2 + BERT towers, heads, and the per-step forward of method.md §4.8.
+"""The ProtCLIP dual encoder: ESM-2 + BERT towers, heads, and the per-step forward of the four objectives.
 
 ``forward(batch)`` returns a dict of *features* (pooled embeddings, selected token logits, PDA inputs, clamped
 scales); :class:`protclip.model.losses.ProtCLIPLoss` turns it into named loss terms. Keeping the two apart lets
@@ -109,7 +109,7 @@ class ProtCLIPModel(nn.Module):
         self.bsr_head = TokenHead(d, d, vocab)
         self.decoder = FragmentDecoder(d, softmax_over_text=not self.released, residual=cfg.decoder_residual)
         self.prototypes = PrototypeBank(cfg.proto_num, d, cfg.gumbel_tau)
-        # 1-D (not scalar) so FSDP2 can shard them (stack.md §4)
+        # 1-D (not scalar) so FSDP2 can shard them (it shards along dimension 0, which a scalar lacks)
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.temperature_init)]))
         self.local_logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.local_temperature_init)]))
         self._max_log_scale = math.log(cfg.max_logit_scale)

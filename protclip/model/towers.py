@@ -58,7 +58,7 @@ def tiny_bert_config(geom: RandomTowerConfig, vocab_size: int, pad_token_id: int
 
 def build_protein_tower(cfg: ModelConfig, attn_implementation: str | None = None) -> EsmModel:
     """ESM-2 encoder without pooler; its unused ``contact_head`` is frozen (no grad -> no optimizer state,
-    which DCP resume needs, stack.md §4)."""
+    so the optimizer state a DCP checkpoint saves matches what a resumed run expects)."""
     impl = _impl(cfg, attn_implementation)
     if cfg.protein_model == RANDOM:
         model = EsmModel._from_config(

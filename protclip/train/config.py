@@ -27,7 +27,7 @@ class TrainConfig:
     use_gpu: bool = False  # GPU workers with NCCL; False = CPU workers with gloo
     cpus_per_worker: float = 1.0  # CPU resources each worker reserves (fractions leave CPUs to Ray Data)
     accum_steps: int = 1  # micro-batches per optimizer step (feature-cache accumulation keeps all negatives)
-    lr: float = 1e-5  # base LR (heads, projections, scales); method.md §5
+    lr: float = 1e-5  # base LR (heads, projections, scales)
     protein_lr_ratio: float = 0.1  # protein tower LR = lr * ratio
     weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (paper: 0)
     betas: tuple[float, float] = (0.9, 0.999)

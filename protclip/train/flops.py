@@ -1,4 +1,5 @@
-"""Model FLOPs per step and MFU, with the formula written down (style.md A.2 / A.4: MFU is a first-class metric).
+"""Model FLOPs per step and MFU, with the formula written down (MFU is logged as ``perf/mfu``
+next to the throughput metrics).
 
 Convention (torchtitan ``num_flops_per_token`` / PaLM appendix B), counted on *real* (non-padding) tokens, so
 padding shows up as lost MFU rather than inflating it:

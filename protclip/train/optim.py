@@ -1,6 +1,6 @@
 """AdamW over the model's two parameter groups, gradient clipping and the NaN/inf step guard.
 
-The guard (users.md C.7): when the loss on any rank or the global gradient norm is not finite, the update is
+The guard: when the loss on any rank or the global gradient norm is not finite, the update is
 skipped on every rank (the decision is all-reduced, so ranks never diverge), gradients are dropped, and the
 step is counted and logged. The LR schedule still advances, so the schedule stays a function of the step.
 """
@@ -37,7 +37,7 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
     Why: a parameter that never receives a gradient (an objective switched off, a decoder the released mode
     cuts off) would otherwise have no state in the checkpoint while a fresh optimizer on resume expects one,
-    and DCP refuses the load (stack.md §4). ``torch.distributed.checkpoint``'s own initialisation does a zero-LR
+    and DCP refuses the load. ``torch.distributed.checkpoint``'s own initialisation does a zero-LR
     fake step, which leaves ``step == 1`` and shifts Adam's bias correction; resetting it keeps a run identical
     to one that never initialised early.
     """

@@ -1,4 +1,4 @@
-"""Apply the parallelism to a built model, in one fixed order (torchtitan ``parallelize_llama``, style.md A.5.5):
+"""Apply the parallelism to a built model, in one fixed order (as torchtitan's ``parallelize_llama``):
 
 1. activation checkpointing (optional; HF's non-reentrant per-layer checkpointing, so module names and state
    dict keys stay those of plain transformers and exports need no renaming);
@@ -8,7 +8,7 @@
    ``logit_scale``).
 
 On GPU the policy is bf16 parameters for compute with fp32 gradient reduction (open_clip ``amp_bf16``; fp16 is
-not offered, it NaNs HF text towers, users.md C.7); the sharded master weights and optimizer state stay fp32.
+not offered: it NaNs HF text towers); the sharded master weights and optimizer state stay fp32.
 On CPU (gloo) everything stays fp32. Model methods the loss calls outside ``forward`` are registered with
 ``register_fsdp_forward_method`` so FSDP unshards around them too (open_clip #358).
 

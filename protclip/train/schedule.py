@@ -1,5 +1,5 @@
-"""Learning-rate schedule: linear warmup, then linear / cosine decay or constant (method.md §4.8: warmup 3%,
-then linear decay, as the released code's HF Trainer defaults).
+"""Learning-rate schedule: linear warmup, then linear / cosine decay or constant (ProtCLIP: warmup 3%,
+then linear decay, the HF Trainer defaults of the released code).
 
 A picklable callable (not a lambda) so ``LambdaLR.state_dict()`` round-trips through DCP checkpoints.
 """

@@ -1,5 +1,6 @@
 """One optimizer step's forward/backward over ``A`` micro-batches, keeping the contrastive negatives of the whole
-accumulated batch (feature cache, GradCache / open_clip ``--accum-freq``; users.md C.2).
+accumulated batch (feature cache, GradCache / open_clip ``--accum-freq``: plain accumulation
+would shrink each contrastive batch to one micro-batch).
 
 With ``A > 1`` and GC on:
 

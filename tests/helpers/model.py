@@ -104,7 +104,7 @@ def pad_columns(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Reference implementation of the objectives, written from docs/method.md §3-§4 (float64). It reads the
+# Reference implementation of the objectives, written from ProtCLIP's formulas (float64). It reads the
 # model's parameters and runs its towers (which are not under test), but re-derives everything after them:
 # pooling, projections, the BSR decoder, the prototype assignment, PDA and the four losses. The method's
 # constants are written here, not read from the model: GC temperature 0.07, PDA temperature 0.1, theta 0.3,
@@ -122,7 +122,7 @@ def _lin(x: torch.Tensor, layer) -> torch.Tensor:
 
 
 def ref_projection(x: torch.Tensor, head) -> torch.Tensor:
-    """Linear -> ReLU -> Linear (method.md §3 ``P`` / ``T``)."""
+    """Linear -> ReLU -> Linear (the protein / text projection heads)."""
     return _lin(torch.relu(_lin(x, head[0])), head[2])
 
 
@@ -150,7 +150,7 @@ def ref_residue_mask(ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
 
 
 def ref_clip_loss(p: torch.Tensor, t: torch.Tensor, scale: float) -> torch.Tensor:
-    """½[CE(s P Tᵀ, diag) + CE(s T Pᵀ, diag)] (method.md §4.1)."""
+    """½[CE(s P Tᵀ, diag) + CE(s T Pᵀ, diag)] (the GC loss)."""
     import torch.nn.functional as F
 
     logits = scale * p.double() @ t.double().t()
@@ -159,7 +159,7 @@ def ref_clip_loss(p: torch.Tensor, t: torch.Tensor, scale: float) -> torch.Tenso
 
 
 def ref_pda(tokens, mask, queries, scale: float = 1.0 / PDA_TEMPERATURE, theta: float = PDA_THETA) -> dict:
-    """PDA (method.md §4.4 steps 4-8) in float64: weights, segments, logits, both CE directions, and the
+    """PDA in float64, from the token scores on: weights, segments, logits, both CE directions, and the
     distance of the closest pooled score to theta (a cut decided by a rounding error would make a float32
     comparison meaningless; callers assert it is not tiny)."""
     import torch.nn.functional as F
@@ -183,7 +183,7 @@ def ref_pda(tokens, mask, queries, scale: float = 1.0 / PDA_TEMPERATURE, theta: 
 
 
 def ref_forward(model, batch: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
-    """The model's feature dict recomputed from method.md (float64 after the towers), for ``mode``.
+    """The model's feature dict recomputed from the method's formulas (float64 after the towers), for ``mode``.
 
     paper: masked means (residues only for proteins; attended tokens for texts and sub-texts), decoder softmax
     over the real text tokens, PDA over real residues. released: plain means over every position, decoder
@@ -213,7 +213,7 @@ def ref_forward(model, batch: dict[str, torch.Tensor], mode: str) -> dict[str, t
     sel = batch["mlm_labels"] != IGNORE_INDEX
     out["mlm_logits"] = ref_token_head(h_mlm.double()[sel], model.mlm_head)
     out["mlm_labels"] = batch["mlm_labels"][sel]
-    # BSR: Q from the span-masked protein tokens, K/V from the projected text tokens (method.md §3, §4.3)
+    # BSR: Q from the span-masked protein tokens, K/V from the projected text tokens
     dec, d = model.decoder, model.cfg.projection_dim
     prot_tok = ref_projection(h_span.double(), model.protein_proj)
     text_tok = ref_projection(g, model.text_proj)
@@ -238,7 +238,7 @@ def ref_forward(model, batch: dict[str, torch.Tensor], mode: str) -> dict[str, t
 
 
 def ref_terms(ref: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
-    """The four loss terms and the weighted total of method.md §4.5 from a :func:`ref_forward` dict."""
+    """The four loss terms and the weighted total (0.7 BSR, 0.3 MLM, 1.0 PDA) from a :func:`ref_forward` dict."""
     import torch.nn.functional as F
 
     terms = {
@@ -247,7 +247,7 @@ def ref_terms(ref: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor
         "loss_bsr": F.cross_entropy(ref["bsr_logits"], ref["bsr_labels"]),
     }
     pda = ref_pda(ref["pda_tokens"], ref["pda_token_mask"], ref["pda_queries"])
-    # paper: symmetric ½[CE(e->q) + CE(q->e)]; released: the e->q direction twice (method.md §4.4 step 8)
+    # paper: symmetric ½[CE(e->q) + CE(q->e)]; released: the e->q direction twice
     terms["loss_pda"] = (pda["e2q"] + pda["q2e"]) / 2 if mode == "paper" else pda["e2q"]
     terms["loss"] = sum(LAMBDAS[name] * terms[name] for name in LAMBDAS)
     terms["pda_theta_margin"] = pda["theta_margin"]

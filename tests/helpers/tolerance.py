@@ -12,7 +12,8 @@ computation's depth:
   of such gradients (each layer re-rounds; softmax/LayerNorm amplify a little).
 
 In fp32 these allow relative errors (to the tensor's max-abs) of 7.6e-6 and 1.2e-4. Exact maths (a formula
-checked against a reference written from method.md) is compared in float64, where the same budgets are ~1e-14.
+checked against a reference written from the method's formulas) is compared in float64, where the same budgets
+are ~1e-14.
 Python floats (metrics, losses read back from a tracker) go through :func:`approx_rounding`, a ``pytest.approx``
 with the same budget for the dtype they were computed in.
 """

@@ -78,7 +78,8 @@ def test_emulation_goes_through_padding_bias(towers, monkeypatch):
 
 
 def test_without_mask_registration_padding_leaks(towers):
-    """Registering the function but not its mask interface (stack.md pitfall 1) silently drops the mask."""
+    """Registering the function but not its mask interface (trap 1 in protclip/model/attention.py) silently
+    drops the mask."""
     protein, text = towers
     AttentionInterface.register("xformers_nomask_test", attention.xformers_attention)
     assert max_diff_vs_eager(protein, *padded_protein_batch(), "xformers_nomask_test") > 1e-2
@@ -123,6 +124,6 @@ def test_backend_resolution_and_config_isolation():
     cfg = tiny_model_config(attention="eager")
     a = build_protein_tower(cfg)
     b = build_protein_tower(cfg, attn_implementation="xformers")
-    assert a.config is not b.config  # stack.md pitfall 3: one shared config would switch both
+    assert a.config is not b.config  # trap 3 in protclip/model/attention.py: one shared config would switch both
     # the towers get the packed-aware wrappers (transformers' own function on padded batches)
     assert (a.config._attn_implementation, b.config._attn_implementation) == ("protclip_eager", "xformers")

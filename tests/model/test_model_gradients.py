@@ -1,4 +1,4 @@
-"""Whole model: gradient flow per objective and mode (method.md §4.5), full forward+backward, export."""
+"""Whole model: gradient flow per objective and mode, full forward+backward, export."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
 
 
 def close64(actual, expected, msg=""):
-    """float32 model output vs a float64 reference from method.md (a few layers of heads)."""
+    """float32 model output vs a float64 reference from the method's formulas (a few layers of heads)."""
     assert_close_rounding(actual, torch.as_tensor(expected, dtype=torch.float64), ULPS_NETWORK,
                           dtype=torch.float32, msg=msg)  # fmt: skip
 
@@ -72,7 +72,7 @@ def test_full_forward_backward_on_real_rows(mode, batch_rows):
     expected = terms["loss_gc"] + 0.7 * terms["loss_bsr"] + 0.3 * terms["loss_mlm"] + 1.0 * terms["loss_pda"]
     torch.testing.assert_close(terms["loss"], expected)
     assert abs(terms["loss_pda"].item() - torch.log(torch.tensor(4.0)).item()) < 1.0  # 4-way InfoNCE at init
-    # ... and exactly the 4-way InfoNCE of method.md at the initial PDA temperature 0.1 (GC: 0.07), in the
+    # ... and exactly PDA's 4-way InfoNCE at its initial temperature 0.1 (GC: 0.07), in the
     # direction(s) of the mode; a wrong temperature passes the bound above but not this
     close64(out["local_logit_scale"], [10.0], "PDA multiplier at init")
     close64(out["logit_scale"], [1 / 0.07], "GC multiplier at init")
@@ -120,7 +120,7 @@ def test_frozen_parts_param_groups_and_encoders(batch_rows):
         ids = batch["protein_input_ids"]
         assert model.mlm_logits(ids, batch["protein_attention_mask"]).shape == (*ids.shape, 33)
     # the pooling itself (the comparisons above share the model's pooling function): paper mode is a masked
-    # mean over residues (protein, no <cls>/<eos>/padding) and over attended tokens (text), per method.md
+    # mean over residues (protein, no <cls>/<eos>/padding) and over attended tokens (text)
     ref = ref_forward(model, batch, "paper")
     with torch.no_grad():
         close64(

@@ -24,7 +24,7 @@ from tests.helpers.tolerance import ULPS_NETWORK, assert_close_rounding
 
 
 def close64(actual, expected, msg=""):
-    """A float32 PDA computation against the float64 reference of method.md §4.4 (a few reductions, a
+    """A float32 PDA computation against the float64 PDA reference (tests/helpers/model.py; a few reductions, a
     division by the min-max range, a normalisation: the few-layer rounding budget)."""
     assert_close_rounding(actual, expected, ULPS_NETWORK, dtype=torch.float32, msg=msg)
 
@@ -44,7 +44,7 @@ def test_pda_permuting_properties_permutes_logits():
     tokens, mask, queries, scale = random_pda_inputs()
     perm = torch.tensor([2, 0, 3, 1])
     seg, w = pda_segments(tokens, mask, queries)
-    # the weights and logits themselves are method.md's: min-max over the masked tokens, cut at 0.3, renormalised
+    # the weights and logits themselves are the method's: min-max over the masked tokens, cut at 0.3, renormalised
     ref = ref_pda(tokens, mask, queries, scale=10.0)
     assert ref["theta_margin"] > 1e-5  # no score sits on theta, so float32 and float64 cut the same tokens
     close64(w, ref["weights"], "PDA weights")

@@ -1,7 +1,7 @@
 """The lines that make ``paper`` mode differ from ``released`` mode, pinned through the public model and loss.
 
 ``build_model(cfg)(batch)`` -> ``ProtCLIPLoss`` is checked in both modes against
-- a reference written from docs/method.md §3-§4 in float64 (tests/helpers/model.py ``ref_forward``/``ref_terms``,
+- a reference written from ProtCLIP's formulas in float64 (tests/helpers/model.py ``ref_forward``/``ref_terms``,
   with the method's constants written there: temperatures 0.07 / 0.1, theta 0.3, prototype tau 0.9),
 - invariance to padding columns (paper) and its failure, exactly as the released code's plain means and
   unmasked protein-axis softmax give (released),
@@ -115,7 +115,8 @@ def test_initial_temperatures_are_0_07_for_gc_and_0_1_for_pda(mode, setups):
 @pytest.mark.parametrize("pad", [False, True], ids=["collated", "extra_padding"])
 @pytest.mark.parametrize("mode", MODES)
 def test_features_and_terms_match_the_method_reference(mode, pad, setups):
-    """Every feature and loss term equals method.md's formulas for the mode, with or without extra padding."""
+    """Every feature and loss term equals the float64 reference of the method's formulas for the mode, with or
+    without extra padding."""
     s = setups[mode]
     batch = padded(s) if pad else s.batch
     out, terms = run(s.model, s.loss_fn, batch)
@@ -203,7 +204,7 @@ def test_pda_pools_only_real_residues_in_paper_mode(mode, setups):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_pda_direction_is_wired_from_model_mode(mode, setups):
-    """paper: ½[CE(e->q) + CE(q->e)]; released: the e->q direction repeated (method.md §4.4 step 8)."""
+    """paper: ½[CE(e->q) + CE(q->e)]; released: the e->q direction repeated."""
     s = setups[mode]
     out, terms = run(s.model, s.loss_fn, s.batch)
     pda = ref_pda(out["pda_tokens"], out["pda_token_mask"], out["pda_queries"])

@@ -79,7 +79,7 @@ def test_records_match_loss_config_and_the_method_total():
     assert {n for n, f in fields.items() if f.type in (bool, "bool")} == {o.flag for o in registry.OBJECTIVES}
     weight_keys = {o.weight_key for o in registry.OBJECTIVES if o.weight_key is not None}
     assert {n for n in fields if n.startswith("lambda_")} == weight_keys
-    # the summation order of L = L_GC + 0.7 L_BSR + 0.3 L_MLM + 1.0 L_PDA (method.md §4.5)
+    # the summation order of L = L_GC + 0.7 L_BSR + 0.3 L_MLM + 1.0 L_PDA (the ProtCLIP paper's weights)
     assert list(loss_weights(LossConfig()).items()) == [
         ("loss_gc", 1.0), ("loss_bsr", 0.7), ("loss_mlm", 0.3), ("loss_pda", 1.0)
     ]  # fmt: skip

@@ -1,6 +1,6 @@
 """Fine-tune a small MLP head, on frozen embeddings or together with the top layers of an HF ESM tower.
 
-The head follows ProtCLIP's downstream model (method.md §6.2): dropout -> Linear(D, H) -> ReLU -> dropout ->
+The head follows the downstream model of the ProtCLIP paper: dropout -> Linear(D, H) -> ReLU -> dropout ->
 Linear(H, n). Losses: CE (single-label), BCE-with-logits (multi-label), MSE on standardised targets
 (regression). Early stopping on a hash-split validation part of the training data, selecting on accuracy /
 Fmax / MAE as ProtCLIP does; the best epoch's weights are restored before the test pass.

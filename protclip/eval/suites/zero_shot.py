@@ -1,4 +1,4 @@
-"""Zero-shot classification from label prompts encoded by the text tower (ProtST's protocol, method.md §6.2).
+"""Zero-shot classification from label prompts encoded by the text tower (ProtST's protocol).
 
 Each class gets one or more names, each name is put into every prompt template, the prompt embeddings are
 L2-normalised and averaged per class (CLIP-style prompt ensembling) and renormalised. A protein is assigned the

@@ -1,4 +1,4 @@
-"""PDA: property-grouped dynamic segment alignment (method.md §4.4).
+"""PDA: property-grouped dynamic segment alignment (the ProtCLIP paper's fine-grained objective).
 
 For each protein and property k, the quantised property embedding q_k scores every residue token E_l (raw dot
 product); the scores are min-max normalised over the protein's tokens, cut below theta, renormalised into

@@ -1,4 +1,5 @@
-"""The objective registry: one :class:`Objective` record per pre-training objective (method.md §4.5).
+"""The objective registry: one :class:`Objective` record per pre-training objective (GC, BSR, MLM,
+PDA).
 
 Everything that differs between objectives lives in its record, so the model (which passes to run), the total
 loss (which terms, with which weights) and the accumulating step (how each term's micro-batch share is counted,
