@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 from protclip.data.sampling import SamplingConfig
 
+#: ``max_protein_length`` when the config leaves it null, by batching mode (see the field's comment)
+DEFAULT_MAX_PROTEIN_LENGTH = {"packed": 4096, "bucketed": 1024}
+
 
 @dataclass(kw_only=True)
 class DataConfig:
@@ -28,8 +31,11 @@ class DataConfig:
 
     uri: str = ""  # ProtAnno Parquet folder/prefix or single file: local path, file://, s3://, gs://
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # keep rule, mode once/per_epoch, hash seed
-    micro_batch_size: int = 8  # rows per collated micro-batch per worker (every micro-batch has exactly this)
-    max_protein_length: int = 1024  # tokens incl. <cls>/<eos>; longer sequences are cropped, never rejected
+    micro_batch_size: int = 8  # bucketed: rows per micro-batch per worker (packed: see max_tokens)
+    # tokens incl. <cls>/<eos>; longer sequences are cropped, never rejected. null = by batching: 4096 packed
+    # (memory follows the token budget, so long proteins cost only their tokens), 1024 bucketed (memory follows
+    # micro_batch_size x the longest row, ESM-2's pre-training crop)
+    max_protein_length: int | None = None
     max_text_length: int = 512  # full text tokens incl. [CLS]/[SEP] (truncated)
     max_subtext_length: int = 128  # per property sub-text tokens (truncated)
     # rows sorted by protein length inside a window before chunking into micro-batches (length bucketing);
@@ -41,6 +47,7 @@ class DataConfig:
     batching: Literal["bucketed", "packed"] = "bucketed"
     max_tokens: int = 16384  # packed: protein tokens (incl. <cls>/<eos>) per micro-batch; >= max_protein_length
     max_text_tokens: int = 16384  # packed: full-text tokens per micro-batch; >= max_text_length
+    # (both budgets are read by packed batching only, so only packed batching checks them against the lengths)
     # rows shuffled together on a data worker before bucketing (bounded local shuffle buffer, seeded); the
     # block-level shuffle is a per-epoch seeded permutation of the Parquet row groups read
     shuffle_buffer: int = 512
@@ -78,10 +85,12 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.batching not in ("bucketed", "packed"):
             raise ValueError(f"data.batching must be 'bucketed' or 'packed', got {self.batching!r}")
-        if self.max_tokens < self.max_protein_length:
+        if self.max_protein_length is None:
+            self.max_protein_length = DEFAULT_MAX_PROTEIN_LENGTH[self.batching]
+        if self.batching == "packed" and self.max_tokens < self.max_protein_length:
             raise ValueError(f"data.max_tokens ({self.max_tokens}) must be >= data.max_protein_length "
                              f"({self.max_protein_length}): the longest protein must fit one micro-batch")
-        if self.max_text_tokens < self.max_text_length:
+        if self.batching == "packed" and self.max_text_tokens < self.max_text_length:
             raise ValueError(f"data.max_text_tokens ({self.max_text_tokens}) must be >= data.max_text_length "
                              f"({self.max_text_length}): the longest text must fit one micro-batch")
         if self.bucket_window < 0:
@@ -118,6 +127,7 @@ class DataConfig:
     @property
     def max_residues(self) -> int:
         """Residues kept per protein after cropping (the length budget minus <cls> and <eos>)."""
+        assert self.max_protein_length is not None  # resolved in __post_init__
         return self.max_protein_length - 2
 
     @property

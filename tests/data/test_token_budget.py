@@ -141,8 +141,22 @@ def test_packed_config_validation():
     with pytest.raises(ValueError, match="data.max_tokens"):
         DataConfig(batching="packed", max_protein_length=4096, max_tokens=2048)
     with pytest.raises(ValueError, match="data.max_text_tokens"):
-        DataConfig(max_text_length=512, max_text_tokens=256)
+        DataConfig(batching="packed", max_text_length=512, max_text_tokens=256)
+    # bucketed batching reads neither budget, so it does not check them
+    lax = DataConfig(max_protein_length=4096, max_tokens=2048, max_text_length=512, max_text_tokens=256)
+    assert (lax.max_protein_length, lax.max_tokens, lax.max_text_tokens) == (4096, 2048, 256)
     assert DataConfig().batching == "bucketed"  # the shipped default stays the padded, bucketed path
+
+
+def test_max_protein_length_default_follows_batching():
+    """Packed memory follows the token budget, so its default crop is long; bucketed memory follows
+    micro_batch_size x the longest row, so it keeps ESM-2's 1,024-token crop. Set values are kept."""
+    packed, bucketed = DataConfig(batching="packed"), DataConfig()
+    assert packed.max_protein_length == 4096 and bucketed.max_protein_length == 1024
+    assert packed.max_tokens >= packed.max_protein_length  # the defaults pass their own check
+    assert packed.max_residues == 4094
+    assert DataConfig(batching="packed", max_protein_length=130).max_protein_length == 130
+    assert DataConfig(max_protein_length=2048).max_protein_length == 2048
 
 
 def test_packed_estimate_packs_each_buffer_greedily():
