@@ -8,6 +8,7 @@ import copy
 import fnmatch
 import json
 import re
+import shlex
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -163,7 +164,7 @@ def test_rayjobs_run_the_project_jobs():
     expect = {
         "rayjob-build-protanno.yaml": ("jobs/build_protanno.py", "jobs/configs/build_uniprot.yaml"),
         "rayjob-pretrain.yaml": ("jobs/pretrain.py", "jobs/configs/paper.yaml"),
-        "rayjob-evaluate.yaml": ("jobs/evaluate.py", None),
+        "rayjob-evaluate.yaml": ("jobs/evaluate.py", "jobs/configs/evaluate_cluster.yaml"),
         "rayjob-finetune-lora.yaml": ("jobs/finetune_lora.py", "jobs/configs/deeploc_lora.yaml"),
     }
     for name, (script, config) in expect.items():
@@ -340,6 +341,55 @@ def test_cluster_doc_matches_the_files():
     assert round(per_gpu) == 188 and "188" in doc and "190 pairs/s per H100" in doc
     assert "2048 = 32 GPUs × 64" in doc and f"{round(32 * 190):,}" in doc
     assert "estimate" in doc.lower()
+
+
+def _doc_command(section: str) -> list[str]:
+    """The argv after ``ray job submit ... --`` of the first bash block of a docs/cluster.md section."""
+    text = (REPO_ROOT / "docs" / "cluster.md").read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:2] == ["ray", "job"], argv
+    return argv[argv.index("--") + 1:]
+
+
+def test_the_cluster_evaluate_command_loads_as_ray_job_submit_runs_it_on_several_nodes(tmp_path, monkeypatch,
+                                                                                      shared_data):
+    """docs/cluster.md section 7, the way ``ray job submit`` runs it on a multi-node cluster (in Ray's copy of
+    the repository, no shared data folder beside it, MLflow address from the nodes): the config loads, nothing
+    relative is left for the node-count check to refuse, and every suite reads an s3:// URI or the shared
+    volume every pod mounts. The local evaluate.yaml fails the same way the command did before."""
+    from protclip import local_paths
+    from protclip.config import ConfigError, cli_config
+    from protclip.eval.config import PATH_KEYS, EvaluateConfig
+    from protclip.runtime import refuse_relative_paths_on_cluster
+
+    argv = _doc_command("7. Evaluate")
+    assert argv[:2] == ["python", "jobs/evaluate.py"]
+    args = [str(REPO_ROOT / a) if a.startswith("jobs/configs/") else a for a in argv[2:]]
+    config = argv[argv.index("--config") + 1]
+    entry = _kuberay_docs()["rayjob-evaluate.yaml"]["spec"]["entrypoint"].split()
+    assert entry[entry.index("--config") + 1] == f"/opt/protclip/{config}"  # the RayJob runs the same config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", jobs_tracking_uri())
+    monkeypatch.setenv("PROTCLIP_SHARED_DATA", str(tmp_path / "not_on_the_nodes"))
+    monkeypatch.setattr(local_paths, "_RELATIVE_SEEN", [])
+    cfg = cli_config(EvaluateConfig, args)
+    refuse_relative_paths_on_cluster(4)
+    assert cfg.source.checkpoint.startswith("s3://") and cfg.num_gpus >= 1
+    paths = [s.config[k] for s in cfg.suites for k in PATH_KEYS if s.config.get(k)]
+    assert len(paths) == len(cfg.suites) >= 3
+    assert all(p.startswith(("s3://", "/mnt/shared/")) for p in paths), paths
+
+    local = ["--config", str(REPO_ROOT / "jobs" / "configs" / "evaluate.yaml"), *args[2:]]
+    with pytest.raises(ConfigError, match=r"shared data folder not found"):
+        cli_config(EvaluateConfig, local)
+    monkeypatch.setenv("PROTCLIP_SHARED_DATA", str(shared_data))  # shared: resolved, the relative path remains
+    monkeypatch.setattr(local_paths, "_RELATIVE_SEEN", [])
+    cli_config(EvaluateConfig, local)
+    with pytest.raises(ConfigError, match=r"outputs/protanno_samples' is a relative local path"):
+        refuse_relative_paths_on_cluster(4)
 
 
 def test_validate_cli(tmp_path, capsys):
