@@ -119,3 +119,68 @@ def test_xformers_kernel_on_cuda(packed):
         # the GPU kernel re-rounds differently from the CPU reference: the forward's rounding budget
         assert_close_rounding(h[int(p["protein_cu_seqlens"][i]) : int(p["protein_cu_seqlens"][i + 1])], ref,
                               ULPS_NETWORK, msg=f"xformers sequence {i}")
+
+
+class _StandInBlockDiagonalMask:
+    """xformers ``fmha.attn_bias.BlockDiagonalMask`` stand-in: its lengths and ``materialize`` (the additive bias
+    it stands for, built here by loops over the blocks, independently of the code under test)."""
+
+    built: list[tuple[int, ...]] = []
+
+    def __init__(self, seqlens: list[int]) -> None:
+        self.seqlens = tuple(seqlens)
+
+    @classmethod
+    def from_seqlens(cls, seqlens: list[int]) -> _StandInBlockDiagonalMask:
+        cls.built.append(tuple(seqlens))
+        return cls(seqlens)
+
+    def materialize(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        bias = torch.full(shape, float("-inf"), dtype=dtype, device=device)
+        start = 0
+        for n in self.seqlens:
+            bias[..., start : start + n, start : start + n] = 0.0
+            start += n
+        return bias
+
+
+@pytest.mark.parametrize("group", ["protein", "text"])
+def test_packed_xformers_branch_with_stand_in_kernel(packed, group, monkeypatch):
+    """Drive the packed xformers branch (BlockDiagonalMask from the sequence lengths, built once per forward and
+    reused by every layer; q/k/v as one ``[1, T, H, D]`` row; the tower's scale) with a reference kernel in
+    xformers' API: each sequence must equal its own forward (computed first, on the CPU emulation)."""
+    import sys
+    import types
+
+    batch, p = packed
+    torch.manual_seed(0)
+    cfg = tiny_model_config(attention="xformers")
+    tower = (build_protein_tower(cfg) if group == "protein" else build_text_tower(cfg)).eval()
+    seqs = PackedSeqs.from_cu_seqlens(p[f"{group}_cu_seqlens"])
+    ids, am = batch[f"{group}_input_ids"], batch[f"{group}_attention_mask"]
+    refs = [_alone(tower, ids[i][am[i].bool()]) for i in range(len(seqs.seqlens))]
+
+    calls: list[tuple[int, ...]] = []
+
+    def memory_efficient_attention(q, k, v, attn_bias=None, p=0.0, scale=None):
+        assert isinstance(attn_bias, _StandInBlockDiagonalMask)  # not the dense emulation mask
+        b, t, h, d = q.shape
+        assert b == 1 and t == sum(attn_bias.seqlens) and k.shape == v.shape == q.shape
+        calls.append(attn_bias.seqlens)
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) * (d**-0.5 if scale is None else scale)
+        s = s + attn_bias.materialize((b, h, t, t), dtype=q.dtype, device=q.device)
+        return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
+
+    fmha = types.SimpleNamespace(attn_bias=types.SimpleNamespace(BlockDiagonalMask=_StandInBlockDiagonalMask))
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", types.SimpleNamespace(fmha=fmha))
+    monkeypatch.setattr(attention, "xops", types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention))
+    monkeypatch.setattr(attention, "_use_xformers_kernel", lambda q: True)
+    monkeypatch.setattr(_StandInBlockDiagonalMask, "built", [])
+    with torch.no_grad():
+        h = packed_hidden(tower, p[f"{group}_input_ids"], p[f"{group}_position_ids"], seqs)[0]
+    assert _StandInBlockDiagonalMask.built == [seqs.seqlens]  # one mask per forward, from the real lengths
+    assert calls == [seqs.seqlens] * tower.config.num_hidden_layers
+    cu = p[f"{group}_cu_seqlens"]
+    for i, ref in enumerate(refs):
+        assert_close_rounding(h[int(cu[i]) : int(cu[i + 1])], ref, ULPS_NETWORK, msg=f"{group} sequence {i}")
