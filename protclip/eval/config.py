@@ -135,6 +135,16 @@ class EvalScheduleConfig:
     # also evaluate the untrained model: a fresh run then checkpoints step 0 before its first update (the
     # "before" column of a before/after comparison, measured by the same suites)
     at_start: bool = False
+    # with at_start: training pauses after the step-0 checkpoint until that round has ended (or after
+    # start_wait_timeout_s), then starts. On a machine where eval tasks and training workers share the same few
+    # cores, one after the other is faster than both at once (the demo's first 20 steps: 289 s beside the
+    # step-0 round on 2 cores, the round alone ~45 s); on a cluster with spare CPUs or GPUs leave it off
+    wait_at_start: bool = False
+    # run a round's suites one after the other in one task (one process start and model load instead of one per
+    # suite; the task asks for the largest num_cpus/num_gpus of its suites): for small machines. A suite that
+    # crashes the process then fails the round's remaining suites too (each is reported)
+    one_task_per_round: bool = False
+    start_wait_timeout_s: float = 900.0  # the longest training waits for the step-0 round (then goes on, warned)
     poll_interval_s: float = 10.0  # how often the driver looks for new checkpoints and finished tasks
     drain_timeout_s: float = 900.0  # after training, wait at most this long for running evals (then give up)
 
@@ -147,6 +157,8 @@ class EvalScheduleConfig:
             raise ValueError(f"eval.num_cpus/num_gpus must be >= 0, got {self.num_cpus}/{self.num_gpus}")
         if self.max_in_flight < 1:
             raise ValueError(f"eval.max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.start_wait_timeout_s < 0:
+            raise ValueError(f"eval.start_wait_timeout_s must be >= 0, got {self.start_wait_timeout_s}")
         if self.poll_interval_s <= 0 or self.drain_timeout_s < 0:
             raise ValueError("eval.poll_interval_s must be > 0 and eval.drain_timeout_s >= 0")
         _check_suites(self.suites, "eval")

@@ -33,6 +33,7 @@ from protclip.eval.config import EvalScheduleConfig, EvalSuiteConfig
 from protclip.eval.runner import log_failure, new_round_id, run_in_process
 from protclip.model.config import ModelConfig
 from protclip.pretrained import ModelSource, committed_checkpoints
+from protclip.train.run_folder import mark_round_ended
 
 _log = logging.getLogger(__name__)
 
@@ -60,10 +61,11 @@ def suite_task(
 
 @dataclass
 class SuiteTask:
-    """One launched suite: its Ray object ref, its config entry and the checkpoint step it scores."""
+    """One launched eval task: its Ray object ref, the suites it runs (one, or a whole round with
+    ``eval.one_task_per_round``) and the checkpoint step it scores."""
 
     ref: Any  # ray.ObjectRef
-    entry: EvalSuiteConfig
+    entries: list[EvalSuiteConfig]
     step: int
     round_id: str | None = None
 
@@ -79,19 +81,36 @@ def launch_suites(
     device: str = "auto",
     secrets: Iterable[str] = (),
     round_id: str | None = None,
+    one_task: bool = False,
 ) -> list[SuiteTask]:
     """Start one task per suite (non-blocking) as one eval round (``round_id``, default a new one); per-suite
-    ``num_cpus``/``num_gpus`` override the defaults."""
+    ``num_cpus``/``num_gpus`` override the defaults. ``one_task``: the suites run one after the other in a
+    single task (one process start and model load; it asks for the largest of their resources)."""
     round_id = round_id or new_round_id()
+    entries = list(entries)
+    groups = [entries] if one_task and entries else [[e] for e in entries]
     tasks = []
-    for entry in entries:
-        cpus = entry.num_cpus if entry.num_cpus is not None else num_cpus
-        gpus = entry.num_gpus if entry.num_gpus is not None else num_gpus
+    for group in groups:
+        cpus = max(e.num_cpus if e.num_cpus is not None else num_cpus for e in group)
+        gpus = max(e.num_gpus if e.num_gpus is not None else num_gpus for e in group)
+        name = group[0].name if len(group) == 1 else "round"
         ref = suite_task.options(
-            num_cpus=cpus, num_gpus=gpus, name=f"eval:{entry.name}@{source.step}"
-        ).remote(source, [entry], run_id, tracking_uri, list(secrets), device, cpus, round_id)
-        tasks.append(SuiteTask(ref, entry, source.step, round_id))
+            num_cpus=cpus, num_gpus=gpus, name=f"eval:{name}@{source.step}"
+        ).remote(source, group, run_id, tracking_uri, list(secrets), device, cpus, round_id)
+        tasks.append(SuiteTask(ref, group, source.step, round_id))
     return tasks
+
+
+def _names(task: SuiteTask) -> str:
+    return ", ".join(e.name for e in task.entries)
+
+
+def _failed(task: SuiteTask, logger, message: str, error: str, secrets: Iterable[str]) -> list[dict[str, Any]]:
+    """Report every suite of ``task`` as failed (MLflow status tag + error artifact) and return their results."""
+    secrets = list(secrets)
+    for e in task.entries:
+        log_failure(logger, e.name, task.step, message, where="driver", secrets=secrets, round_id=task.round_id)
+    return [{"name": e.name, "step": task.step, "status": "failed", "error": error} for e in task.entries]
 
 
 def _collect(task: SuiteTask, logger, secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -99,20 +118,9 @@ def _collect(task: SuiteTask, logger, secrets: Iterable[str] = ()) -> list[dict[
     try:
         return ray.get(task.ref)
     except Exception as e:  # RayTaskError, WorkerCrashedError, TaskCancelledError, OutOfMemoryError
-        detail = (
-            f"the eval task for {task.entry.name} at step {task.step} did not finish: {type(e).__name__}\n{e}"
-        )
+        detail = f"the eval task for {_names(task)} at step {task.step} did not finish: {type(e).__name__}\n{e}"
         secrets = list(secrets)
-        log_failure(logger, task.entry.name, task.step, detail, where="driver", secrets=secrets,
-                    round_id=task.round_id)
-        return [
-            {
-                "name": task.entry.name,
-                "step": task.step,
-                "status": "failed",
-                "error": st.redact(str(e), secrets)[:500],
-            }
-        ]
+        return _failed(task, logger, detail, st.redact(str(e), secrets)[:500], secrets)
 
 
 def wait_suites(
@@ -127,11 +135,7 @@ def wait_suites(
             out.extend(_collect(t, logger, secrets))
         else:
             ray.cancel(t.ref, force=True)
-            log_failure(
-                logger, t.entry.name, t.step, f"not finished after {timeout_s} s; cancelled", where="driver",
-                secrets=secrets, round_id=t.round_id,
-            )
-            out.append({"name": t.entry.name, "step": t.step, "status": "failed", "error": "timeout"})
+            out.extend(_failed(t, logger, f"not finished after {timeout_s} s; cancelled", "timeout", secrets))
     return out
 
 
@@ -192,6 +196,9 @@ class EvalScheduler:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_ckpts: list[str] = []  # step-0 checkpoints (one per launch of the worker group)
+        self._start_marked: set[str] = set()
+        self._start_round_over = False
 
     @classmethod
     def for_pretrain(cls, cfg: Any, run_id: str | None, tracking_uri: str | None) -> EvalScheduler | None:
@@ -237,7 +244,8 @@ class EvalScheduler:
                 existing = []
             with self._lock:
                 self._seen.update(uri for _, uri in existing)
-                if existing:
+                if existing:  # a resumed job: its step-0 round ran (or will not) in an earlier launch
+                    self._start_round_over = True
                     self._latest = existing[-1]
                     self._handled_steps.update(s for s, _ in existing)
                     self._last_bucket = existing[-1][0] // self.cfg.every_steps
@@ -293,20 +301,34 @@ class EvalScheduler:
                         f"still running {timeout_s} s after training ended (eval.drain_timeout_s); cancelled"
                     )
                     try:
-                        log_failure(
-                            self.logger, t.entry.name, t.step, msg, where="driver", secrets=self.secrets,
-                            round_id=t.round_id,
-                        )
+                        self.results.extend(_failed(t, self.logger, msg, "drain timeout", self.secrets))
                     except Exception as e:
-                        _log.warning("eval %s at step %d: %s (not logged: %s)", t.entry.name, t.step, msg, e)
-                    self.results.append(
-                        {"name": t.entry.name, "step": t.step, "status": "failed", "error": "drain timeout"}
-                    )
+                        _log.warning("eval %s at step %d: %s (not logged: %s)", _names(t), t.step, msg, e)
+                        self.results.extend({"name": x.name, "step": t.step, "status": "failed",
+                                             "error": "drain timeout"} for x in t.entries)
             self._rounds.clear()
             if self._pending is not None:
                 self.skipped.append(self._pending[0])
                 self._pending = None
             return self.summary()
+
+    def _mark_start_round(self) -> None:
+        """``eval.wait_at_start``: once the step-0 round has ended (whatever its result: a failed "before"
+        evaluation must not hold training up), mark every step-0 checkpoint seen as done, so the waiting workers
+        start. A relaunched worker group writes a new step-0 checkpoint: it is marked at once."""
+        if not (self.cfg.wait_at_start and self.watch_uri and self._start_round_over):
+            return
+        with self._lock:
+            todo = [u for u in self._start_ckpts if u not in self._start_marked]
+            suites = {str(r.get("name")): str(r.get("status")) for r in self.results if r.get("step") == 0}
+        for uri in todo:
+            try:
+                mark_round_ended(self.watch_uri, uri, {"step": 0, "suites": suites}, self.storage)
+                with self._lock:
+                    self._start_marked.add(uri)
+            except Exception as e:  # retried on the next poll; the workers wait at most eval.start_wait_timeout_s
+                _log.warning("could not mark the step-0 eval round on %s as ended: %s", st.redact(uri),
+                             st.redact(str(e))[:300])
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -327,6 +349,8 @@ class EvalScheduler:
         with self._lock:
             if self._latest is None or step >= self._latest[0]:
                 self._latest = (step, uri)
+            if step == 0:
+                self._start_ckpts.append(uri)
             if step in self._handled_steps:
                 return "duplicate"
             bucket = step // self.cfg.every_steps
@@ -368,6 +392,7 @@ class EvalScheduler:
             num_gpus=self.cfg.num_gpus,
             device=self.cfg.device,
             secrets=self.secrets,
+            one_task=self.cfg.one_task_per_round,
         )
         self._rounds.append(_Round(step, uri, tasks))
         self.launched.append((step, time.time()))
@@ -383,6 +408,7 @@ class EvalScheduler:
                 with self._lock:
                     self._seen.add(uri)
                 self.on_checkpoint(uri, step)
+        self._mark_start_round()  # a step-0 checkpoint that came after the step-0 round ended
         with self._lock:
             if self._pending is not None and len(self._rounds) < self.cfg.max_in_flight:
                 step, uri = self._pending
@@ -404,17 +430,17 @@ class EvalScheduler:
                 try:
                     finished.extend(_collect(t, self.logger, self.secrets))
                 except Exception:  # even reporting failed (MLflow down): keep the scheduler alive, say so
-                    _log.error(
-                        "eval %s at step %d: result could not be reported:\n%s",
-                        t.entry.name,
-                        t.step,
-                        st.redact(traceback.format_exc()),
-                    )
-                    finished.append(
-                        {"name": t.entry.name, "step": t.step, "status": "failed", "error": "unreported"}
-                    )
+                    _log.error("eval %s at step %d: result could not be reported:\n%s", _names(t), t.step,
+                               st.redact(traceback.format_exc()))
+                    finished.extend({"name": x.name, "step": t.step, "status": "failed", "error": "unreported"}
+                                    for x in t.entries)
         with self._lock:
             for r in self._rounds:
                 r.tasks = [t for t in r.tasks if t.ref not in done]
+            ended = [r for r in self._rounds if not r.tasks]
             self._rounds = [r for r in self._rounds if r.tasks]
             self.results.extend(finished)
+        for r in ended:
+            if r.step == 0:
+                self._start_round_over = True
+                self._mark_start_round()

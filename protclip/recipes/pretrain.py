@@ -208,7 +208,9 @@ def _train(cfg: PretrainConfig, data: Any, total: int, start_epoch: int, resumed
     export_uri = storage.join(uri, "export") if tc.export else None
     loop = LoopConfig(total_steps=total, start_epoch=start_epoch, run_id=run_id, tracking_uri=tracking_uri,
                       export_uri=export_uri, score_attribute=SCORE_ATTRIBUTE if has_val else None,
-                      checkpoint_at_start=bool(evals_at_start(cfg)), run_identity=identity)
+                      checkpoint_at_start=bool(evals_at_start(cfg)), run_identity=identity,
+                      wait_start_round_in=uri if evals_at_start(cfg) and cfg.eval.wait_at_start else None,
+                      wait_start_round_s=cfg.eval.start_wait_timeout_s)
     storage_path, storage_fs = ray_storage(cfg.storage.storage_path, access)
     datasets = {"train": data.train} | ({"val": val_ds} if has_val else {})
     trainer = TorchTrainer(
@@ -232,7 +234,8 @@ def _train(cfg: PretrainConfig, data: Any, total: int, start_epoch: int, resumed
     )
     _log.info("training %s: %d workers, global batch %d, %d steps -> %s", cfg.storage.name, tc.num_workers,
               cfg.global_batch_size, total, storage.redact(uri))
-    # Periodic evals run as Ray tasks owned by the driver (they outlive worker restarts); training never waits.
+    # Periodic evals run as Ray tasks owned by the driver (they outlive worker restarts); training never waits for
+    # them, except for the step-0 round with eval.wait_at_start (small machines: one after the other is faster).
     evals = EvalScheduler.for_pretrain(cfg, run_id, tracking_uri)
     if evals:
         evals.start()

@@ -36,6 +36,7 @@ from protclip.train.flops import peak_flops
 from protclip.train.meter import StepMeter, step_flops_fn
 from protclip.train.optim import build_optimizer, guarded_step
 from protclip.train.parallelize import parallelize
+from protclip.train.run_folder import checkpoint_name, round_done_marker, wait_for_round_end
 from protclip.train.schedule import WarmupDecay, build_scheduler, warmup_steps_for
 from protclip.train.step import forward_backward
 from protclip.train.validate import validate
@@ -74,6 +75,10 @@ class LoopConfig:
     # which run the checkpoints belong to (run key, MLflow run id, config fingerprint), recorded in each one so a
     # relaunch continues the MLflow run only when it resumes that run's checkpoint (train/run_folder.py)
     run_identity: dict | None = None
+    # with checkpoint_at_start: the run folder whose step-0 eval round the workers wait for before the first
+    # update, and for how long at most (eval.wait_at_start); None = do not wait
+    wait_start_round_in: str | None = None
+    wait_start_round_s: float = 0.0
 
 
 def total_steps_for(cfg: TrainRunConfig, micro_batches_per_rank: int) -> int:
@@ -141,6 +146,8 @@ def train_worker(cfg: TrainRunConfig, session: Session, lc: LoopConfig) -> Train
         model.train()
         _checkpoint(model, opt, sched, state, session, lc, val_metrics, {}, attempt[0])
         last_ckpt_step = 0
+        if lc.wait_start_round_in:
+            state.extra["start_round"] = _wait_for_start_round(lc, cfg, attempt[0], rank)
 
     while state.step < stop:
         maybe_inject(state.step, rank)  # reliability tests only (inert unless PROTCLIP_FAULT_AT_STEP)
@@ -224,7 +231,24 @@ def _checkpoint(model, opt, sched, state: TrainState, session: Session, lc: Loop
         metrics[lc.score_attribute] = math.inf  # not validated: never "best"
     with tempfile.TemporaryDirectory(prefix="protclip-ckpt-") as d:
         save_checkpoint(d, model, opt, sched, state)
-        session.report(metrics, d, f"checkpoint_{state.step:09d}_{attempt}")
+        session.report(metrics, d, checkpoint_name(state.step, attempt))
+
+
+def _wait_for_start_round(lc: LoopConfig, cfg: TrainRunConfig, attempt: str, rank: int) -> str:
+    """Wait (every rank on its own, no collective) until the driver marks the step-0 eval round as ended;
+    returns "ended" or "timeout" (recorded in the checkpoints' state)."""
+    marker = round_done_marker(lc.wait_start_round_in or "", checkpoint_name(0, attempt))
+    t0 = time.monotonic()
+    if rank == 0:
+        _log.info("waiting for the step-0 eval round to end (eval.wait_at_start, at most %.0f s)",
+                  lc.wait_start_round_s)
+    if wait_for_round_end(marker, cfg.storage.access(), lc.wait_start_round_s):
+        if rank == 0:
+            _log.info("step-0 eval round ended after %.1f s: training starts", time.monotonic() - t0)
+        return "ended"
+    _log.warning("rank %d: the step-0 eval round has not ended after %.0f s (eval.start_wait_timeout_s); training "
+                 "starts beside it", rank, lc.wait_start_round_s)
+    return "timeout"
 
 
 def _export(model, cfg: TrainRunConfig, lc: LoopConfig, rank: int, logger) -> None:

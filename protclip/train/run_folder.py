@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from protclip.config import ConfigError, flatten
 from protclip.train.checkpoint import RUN_IDENTITY, STATE_FILE, committed_manifest
 from protclip.train.config import TrainRunConfig
 
-__all__ = ["run_uri", "peek_latest_state", "run_key", "run_fingerprint", "run_identity", "resume_plan",
+__all__ = ["run_uri", "checkpoint_name", "round_done_marker", "mark_round_ended", "wait_for_round_end", "peek_latest_state", "run_key", "run_fingerprint", "run_identity", "resume_plan",
            "ResumePlan", "ResumeConflict", "INCOMPATIBLE"]
 
 #: config keys (dotted prefixes) a resumed run must keep: change one and it is another run
@@ -37,6 +38,45 @@ INCOMPATIBLE = ("model.", "loss.", "data.uri", "data.sampling.", "data.split", "
 
 class ResumeConflict(ConfigError):
     """The run folder holds a checkpoint of a run whose config differs in an incompatible way (one line, exit 2)."""
+
+
+#: sub-folder of a run folder where the driver marks eval rounds that have ended (``eval.wait_at_start``)
+ROUNDS_DONE_DIR = "eval_rounds_done"
+
+
+def checkpoint_name(step: int, attempt: str) -> str:
+    """The folder name of a checkpoint: step first, so names sort by step; the attempt keeps relaunches apart."""
+    return f"checkpoint_{step:09d}_{attempt}"
+
+
+def round_done_marker(run_folder_uri: str, checkpoint: str) -> str:
+    """URI of the file the driver writes when the eval round on checkpoint folder ``checkpoint`` has ended
+    (whatever its result); workers waiting for the step-0 round poll for it."""
+    return storage.join(run_folder_uri, ROUNDS_DONE_DIR, f"{posixpath.basename(checkpoint.rstrip('/'))}.json")
+
+
+def mark_round_ended(run_folder_uri: str, checkpoint: str, body: dict[str, Any],
+                     access: storage.StorageConfig | None = None) -> str:
+    """Write :func:`round_done_marker` (``body`` as JSON: what the round gave); returns its URI."""
+    marker = round_done_marker(run_folder_uri, checkpoint)
+    fs, path = storage.filesystem(marker, access)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe(path, json.dumps(body, sort_keys=True).encode())
+    return marker
+
+
+def wait_for_round_end(marker: str, access: storage.StorageConfig | None, timeout_s: float,
+                       poll_s: float = 1.0) -> bool:
+    """Block until ``marker`` exists (True) or ``timeout_s`` has passed (False)."""
+    fs, path = storage.filesystem(marker, access)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fs.invalidate_cache(posixpath.dirname(path))
+        if fs.exists(path):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def run_uri(cfg: TrainRunConfig) -> str:

@@ -355,7 +355,7 @@ def test_an_eval_task_that_dies_is_reported_by_the_driver(env, tmp_path):
 
     run_id = open_run(TrackingConfig(experiment="eval-job-test"), "crash")
     entry = EvalSuiteConfig(suite="retrieval", name="crashy", config={"path": env["pairs"]})
-    task = SuiteTask(ref=dies.remote(), entry=entry, step=5)  # what launch_suites returns per suite
+    task = SuiteTask(ref=dies.remote(), entries=[entry], step=5)  # what launch_suites returns per suite
     out = wait_suites([task], RunLogger(run_id, env["tracking_uri"], [PLANTED]))
     assert out[0]["status"] == "failed" and out[0]["step"] == 5
     client = _client(env["tracking_uri"])
