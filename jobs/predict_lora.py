@@ -3,8 +3,9 @@
 
     python jobs/predict_lora.py --adapter runs/deeploc_lora/export/adapter --input seqs.fasta --output preds.csv
 
-Exit codes (one line on stderr): 0 ok; 1 failed (a missing or unreadable adapter); 2 bad arguments or an input
-file that does not parse (the line names file, record and field); 3 the input file does not exist.
+Exit codes (one line on stderr): 0 ok; 1 failed on its input (a missing or unreadable adapter, an input record
+that does not parse: the line names file, record and field); 2 bad arguments (options that do not fit the file);
+3 the input file does not exist.
 """
 
 import sys

@@ -5,8 +5,8 @@ Loads the base tower recorded in the adapter (or ``--base``), a fresh task model
 and writes CSV or Parquet (by the output's extension): one row per sequence with the prediction and its scores
 (class probabilities ``p_<label>``; per-residue: 1-based predicted positions and per-residue scores).
 
-Exit codes (one line on stderr): 0 ok; 1 failed (a missing or unreadable adapter); 2 bad arguments or an input
-file that does not parse; 3 the input file does not exist.
+Exit codes (one line on stderr): 0 ok; 1 failed on its input (a missing or unreadable adapter, an input record
+that does not parse); 2 bad arguments (options that do not fit the file); 3 the input file does not exist.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protclip.cli import EXIT_CONFIG, EXIT_STORAGE, run_main
+from protclip.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_STORAGE, run_main
 from protclip.data.batching import length_batches
 from protclip.data.formats import FormatError, clean_sequence, read_fasta, read_table_frame
 from protclip.dist import resolve_device
@@ -136,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STORAGE
     try:
         ids, seqs = read_inputs(src, args.format, args.sequence_column, args.id_column)
-    except (FormatError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except FormatError as e:  # the file is there but a record is bad: the job failed on its input
+        print(f"input error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as e:  # the options do not fit the file (format, column names)
+        print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.adapter:
         model, spec = load_adapter(args.adapter, args.base)

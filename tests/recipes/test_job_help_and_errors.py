@@ -83,6 +83,26 @@ def test_predict_with_a_missing_input_file_is_one_line_exit_3(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_predict_with_a_broken_record_is_one_line_naming_file_and_line_exit_1(tmp_path):
+    """A FASTA whose second record has a character that is no amino acid: the job failed on its input (exit 1,
+    README table), one line naming the file and the record; nothing is written."""
+    from protclip.paths import shared_data_dir
+
+    text = (shared_data_dir() / "benchmarks/deeploc1_la/deeploc_test_set.fasta").read_text()
+    lines = text.splitlines()
+    second = [i for i, line in enumerate(lines) if line.startswith(">")][1]  # header of the second record
+    third = [i for i, line in enumerate(lines) if line.startswith(">")][2]
+    lines = lines[:third]
+    lines[second + 1] = lines[second + 1][:10] + "#" + lines[second + 1][11:]  # break one of its residues
+    (tmp_path / "in.fasta").write_text("\n".join(lines) + "\n")
+    r = _job("predict_lora", "--adapter", "ad", "--input", "in.fasta", "--output", "p.csv", cwd=tmp_path)
+    assert r.returncode == cli.EXIT_FAILED
+    errors = _errors(r.stderr)
+    assert len(errors) == 1 and errors[0].startswith("input error: ") and "in.fasta" in errors[0]
+    assert f"line {second + 1}" in errors[0] and lines[second].split()[0].lstrip(">") in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fasta"]
+
+
 def test_finetune_without_arguments_fails_fast_in_one_line(tmp_path):
     t0 = time.monotonic()
     r = _job("finetune_lora", cwd=tmp_path)
