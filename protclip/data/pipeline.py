@@ -403,8 +403,11 @@ def iter_micro_batches(
     """
     import torch
 
+    from protclip.data.executor_idle import throttle_idle_scheduling
+
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
+    throttle_idle_scheduling()  # the executor runs in this (training) process in deterministic mode
     it = shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=prefetch_batches)
 
     def rows() -> Iterator[dict[str, np.ndarray]]:

@@ -108,6 +108,22 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def _with_prefix(e: ConfigError) -> ConfigError:
+    """The pre-training job's advice names its own flags (``--storage.name``); the demo's are ``--pretrain.*``."""
+    return type(e)(str(e).replace(" --storage.name", " --pretrain.storage.name"), e.key)
+
+
+def _check_rerun(pcfg: PretrainConfig) -> None:
+    """Refuse, before building anything, a rerun whose config cannot continue the checkpoint in its run folder
+    (e.g. another ``--pretrain.train.max_steps``); the same check runs again once the data is counted."""
+    from protclip.train.run_folder import peek_latest_state, resume_plan
+
+    try:
+        resume_plan(pcfg, peek_latest_state(pcfg), pcfg.train.max_steps)
+    except ConfigError as e:
+        raise _with_prefix(e) from None
+
+
 def main(argv: list[str]) -> int:
     """Build ProtAnno from the real entries, pre-train the real small towers, print the before/after table.
 
@@ -125,6 +141,7 @@ def main(argv: list[str]) -> int:
             from protclip.tracking import resolve_tracking_uri
 
             t0 = time.monotonic()
+            _check_rerun(pcfg)  # a rerun that cannot resume the run folder: one line now, not after the build
             if log_path:
                 con.line(f"ProtCLIP demo (Ray, torch and MLflow output: {log_path})")
             runtime.init_ray(num_cpus=bcfg.ray.num_cpus)
@@ -142,7 +159,10 @@ def main(argv: list[str]) -> int:
                      f"({pcfg.train.num_workers} workers, " + (
                          f"packed micro-batches of {pcfg.data.max_tokens} protein tokens"
                          if pcfg.data.batching == "packed" else f"global batch {pcfg.global_batch_size}") + ")")
-            result = run_pretrain(pcfg, console=con)
+            try:
+                result = run_pretrain(pcfg, console=con)
+            except ConfigError as e:
+                raise _with_prefix(e) from None
             con.line(f"== 3/3 before vs after pre-training ({(time.monotonic() - t0) / 60:.1f} min so far)")
             tracking_uri = resolve_tracking_uri(pcfg.tracking.uri) if pcfg.tracking.enabled else None
             _summary(con, pcfg, result.run_id, tracking_uri, result.export_uri, log_path)
