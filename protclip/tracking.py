@@ -222,6 +222,11 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, float], int]:
     return out, dropped
 
 
+#: MLflow 3 files an experiment without a kind as a GenAI (traces) experiment; this marks it as model training.
+#: (The UI's "GenAI / Model training" switch at the top left is a browser setting and still opens on GenAI.)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -229,9 +234,11 @@ def _get_or_create_experiment(client, name: str, artifact_location: str | None) 
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in exp.tags:  # a kind someone chose is kept
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=dict([EXPERIMENT_KIND]))
     except MlflowException:  # created concurrently by another process: use theirs
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -130,6 +130,9 @@ def test_run_page_shows_tags_dataset_model_and_readable_metrics(trained, tmp_pat
         inputs = run["inputs"]["dataset_inputs"]
         models = _rest(server.url, "runs/get", run_id=run_id)["run"].get("outputs", {}).get("model_outputs", [])
         arts = {f["path"] for f in _rest(server.url, "artifacts/list", run_id=run_id, path="data")["files"]}
+        exp = _rest(server.url, "experiments/get", experiment_id=run["info"]["experiment_id"])["experiment"]
+    # filed as a model-training experiment, not a GenAI (traces) one
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
     assert run["info"]["status"] == "FINISHED"
     assert tags["mlflow.user"] and tags["mlflow.source.name"] and len(tags["mlflow.source.git.commit"]) == 40
     assert tags["protclip.run_key"].endswith("/runs/tiny#tiny")

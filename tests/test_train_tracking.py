@@ -205,3 +205,24 @@ def test_run_guard_turns_sigterm_into_killed(tracking):
         os.kill(os.getpid(), signal.SIGTERM)
     assert MlflowClient(log.tracking_uri).get_run(run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_experiments_are_filed_as_model_training(tracking, tmp_path):
+    """MLflow 3 files an experiment without ``mlflow.experimentKind`` as a GenAI (traces) experiment: the
+    trainer's experiments carry the training kind, an existing one gets it, and a kind set by someone is kept."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from protclip.tracking import EXPERIMENT_KIND
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    open_run(dataclasses.replace(tracking, uri=uri), "new", None)
+    assert client.get_experiment_by_name("unit").tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+    client.create_experiment("older")  # made before this version, no kind
+    client.create_experiment("chosen", tags={EXPERIMENT_KIND[0]: "genai_development"})
+    for name in ("older", "chosen"):
+        open_run(dataclasses.replace(tracking, uri=uri, experiment=name), "r", None)
+    assert client.get_experiment_by_name("older").tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+    assert client.get_experiment_by_name("chosen").tags[EXPERIMENT_KIND[0]] == "genai_development"
