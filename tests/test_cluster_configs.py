@@ -264,7 +264,8 @@ def test_image_pins_match_the_tested_stack():
     assert gpu["xformers"] == "0.0.35"
     assert gpu["ray"] == ray.__version__
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert re.search(r'gpu\s*=\s*\["xformers>=0\.0\.35"\]', pyproject)
+    assert re.search(r'gpu\s*=\s*\["xformers>=0\.0\.35", "nvidia-ml-py>=12"\]', pyproject)
+    assert "nvidia-ml-py" in gpu  # the image pins what the extra asks for (MLflow's GPU system metrics)
     for doc in _kuberay_docs().values():
         spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"].get("rayClusterSpec") or {}
         assert spec.get("rayVersion", ray.__version__) == ray.__version__
