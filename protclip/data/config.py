@@ -3,7 +3,7 @@
 Kept free of Ray so configs load anywhere. The pipeline itself is :mod:`protclip.data.pipeline`.
 
 Resources on small machines (2 cores): Ray Data needs at least one CPU left over by the training workers, else
-its tasks never get scheduled and training hangs at the first batch (docs/stack.md §5, pitfall 1). Either start
+its tasks never get scheduled and training hangs at the first batch. Either start
 Ray with more logical CPUs than the workers take (``init_ray(num_cpus=4)`` for 2 workers at 1 CPU) or give the
 workers fractional CPUs (``ScalingConfig(resources_per_worker={"CPU": 0.5})``). ``map_num_cpus`` below is what
 each Ray Data task asks for; keep it <= the CPUs left to Ray Data.

@@ -3,7 +3,7 @@ opens the MLflow run, runs the FSDP2 workers with Ray Train and launches the per
 
 Restart semantics: Ray Train V2 keeps a run's state under ``<storage_path>/<name>/``; a job started again with
 the same ``storage.name`` and ``storage.storage_path`` finds it and hands every worker the latest reported
-checkpoint (stack.md §4). ``FailureConfig(max_failures)`` restarts a lost worker group from that checkpoint within
+checkpoint (``ray.train.get_checkpoint()``; :mod:`protclip.ray_session` also looks in the run folder). ``FailureConfig(max_failures)`` restarts a lost worker group from that checkpoint within
 the same job. The MLflow run is continued only when the job resumes a checkpoint of that run (each checkpoint
 records the run key and MLflow run id; see :mod:`protclip.train.run_folder`): no checkpoint -> a new MLflow run; a
 checkpoint with a compatible config -> the same run, history continued; an incompatible change (model, data,

@@ -5,7 +5,7 @@ reporting a checkpoint) comes through the small :class:`Session` protocol. ``pro
 it with Ray Train; tests can implement it with a plain gloo process group.
 
 Every collective is called by every rank in the same order: data exhaustion, the NaN guard and validation
-batches are agreed with an all-reduce first (users.md C.3: never a collective on only some ranks).
+batches are agreed with an all-reduce first (a collective reached by only some ranks hangs the others).
 """
 
 from __future__ import annotations
