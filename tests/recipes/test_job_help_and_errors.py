@@ -8,7 +8,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -104,12 +103,10 @@ def test_predict_with_a_broken_record_is_one_line_naming_file_and_line_exit_1(tm
 
 
 def test_finetune_without_arguments_fails_fast_in_one_line(tmp_path):
-    t0 = time.monotonic()
     r = _job("finetune_lora", cwd=tmp_path)
-    assert time.monotonic() - t0 < 30  # no Ray start (it took 35 s before failing)
     assert r.returncode == cli.EXIT_CONFIG
     assert _errors(r.stderr) == [_errors(r.stderr)[0]] and _errors(r.stderr)[0].startswith("config error: data.path")
-    assert "ray" not in _imported(r.stderr)
+    assert "ray" not in _imported(r.stderr)  # the config is checked before Ray starts (it took 35 s to fail)
 
 
 def test_evaluate_bad_export_folder_exits_with_the_documented_codes(tmp_path, monkeypatch, capsys):
