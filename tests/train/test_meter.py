@@ -126,3 +126,32 @@ def test_meter_sums_steps_between_logs_and_resets():
     assert m["perf/padding_share"] == approx_rounding(1.0 - 3 * real / (slots + 2 * real))
     assert m["perf/pairs_per_s"] == approx_rounding(3 * pm.shape[0] / 4.0)
     assert meter.metrics(CPU) == {}  # counters reset after each log
+
+
+def _two_rank_meter(rank: int, world: int) -> dict:
+    """Each rank packs a different number of real rows and takes a different time; the meter all-reduces."""
+    _, _, col = tiny("paper")
+    rows = short_rows(3) + row_batch(2)
+    batch = pack_batch(col(rows[: 2 + 3 * rank], seed=rank))  # rank 0: 2 pairs, rank 1: 5 pairs
+    meter = StepMeter(peak=None, world=world)
+    meter.update([batch], t_step=2.0 + rank, t_data=0.5, flops=1.0)
+    real = float(batch["protein_attention_mask"].sum() + batch["text_attention_mask"].sum())
+    return {"metrics": meter.metrics(CPU), "real": real, "rows": 2 + 3 * rank}
+
+
+def test_meter_over_two_ranks_reports_global_unpadded_throughput():
+    """On 2 gloo ranks with unequal packed micro-batches: tokens/s and pairs/s are global (sums over ranks over
+    the mean step time), tokens/s per device is that over the world size, and every rank logs the same numbers."""
+    from tests.helpers.train import run_gloo
+
+    outs = run_gloo(_two_rank_meter, 2)
+    wall = (2.0 + 3.0) / 2  # mean step time of the two ranks
+    real, rows = sum(o["real"] for o in outs), sum(o["rows"] for o in outs)
+    for o in outs:
+        m = o["metrics"]
+        assert m["perf/step_time_s"] == approx_rounding(wall)
+        assert m["perf/tokens_per_s"] == approx_rounding(real / wall)
+        assert m["perf/tokens_per_s_per_device"] == approx_rounding(real / wall / 2)
+        assert m["perf/pairs_per_s"] == approx_rounding(rows / wall)
+        assert m["perf/padding_share"] == 0.0 and m["perf/data_wait_share"] == approx_rounding(1.0 / 5.0)
+    assert outs[0]["metrics"] == outs[1]["metrics"]
