@@ -7,7 +7,7 @@ MiniLM-L6, Ray Train, 2 FSDP2 CPU workers) -> before/after evaluation on the hel
     python jobs/demo.py [--verbose] [--build.<section>.<key> v ...] [--pretrain.<section>.<key> v ...]
 
 Settings: jobs/configs/build_corpus.yaml and jobs/configs/real_small.yaml (the defaults --help lists are the
-config classes'; those files override them). About 10 minutes on a 2-core machine: local Ray on 127.0.0.1, local
+config classes'; those files override them). About 11 minutes on a 2-core machine: local Ray on 127.0.0.1, local
 storage, MLflow SQLite. Run again, it resumes its run folder ./runs/real_small; with a changed training config
 (say --pretrain.train.max_steps 30) add --pretrain.storage.name <new name> for a new run. The same steps on a
 cluster are jobs/build_protanno.py and jobs/pretrain.py.

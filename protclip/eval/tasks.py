@@ -105,12 +105,17 @@ def _names(task: SuiteTask) -> str:
     return ", ".join(e.name for e in task.entries)
 
 
+def _failed_results(task: SuiteTask, error: str) -> list[dict[str, Any]]:
+    """One "failed" result per suite of ``task``."""
+    return [{"name": e.name, "step": task.step, "status": "failed", "error": error} for e in task.entries]
+
+
 def _failed(task: SuiteTask, logger, message: str, error: str, secrets: Iterable[str]) -> list[dict[str, Any]]:
     """Report every suite of ``task`` as failed (MLflow status tag + error artifact) and return their results."""
     secrets = list(secrets)
     for e in task.entries:
         log_failure(logger, e.name, task.step, message, where="driver", secrets=secrets, round_id=task.round_id)
-    return [{"name": e.name, "step": task.step, "status": "failed", "error": error} for e in task.entries]
+    return _failed_results(task, error)
 
 
 def _collect(task: SuiteTask, logger, secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -304,8 +309,7 @@ class EvalScheduler:
                         self.results.extend(_failed(t, self.logger, msg, "drain timeout", self.secrets))
                     except Exception as e:
                         _log.warning("eval %s at step %d: %s (not logged: %s)", _names(t), t.step, msg, e)
-                        self.results.extend({"name": x.name, "step": t.step, "status": "failed",
-                                             "error": "drain timeout"} for x in t.entries)
+                        self.results.extend(_failed_results(t, "drain timeout"))
             self._rounds.clear()
             if self._pending is not None:
                 self.skipped.append(self._pending[0])
@@ -432,8 +436,7 @@ class EvalScheduler:
                 except Exception:  # even reporting failed (MLflow down): keep the scheduler alive, say so
                     _log.error("eval %s at step %d: result could not be reported:\n%s", _names(t), t.step,
                                st.redact(traceback.format_exc()))
-                    finished.extend({"name": x.name, "step": t.step, "status": "failed", "error": "unreported"}
-                                    for x in t.entries)
+                    finished.extend(_failed_results(t, "unreported"))
         with self._lock:
             for r in self._rounds:
                 r.tasks = [t for t in r.tasks if t.ref not in done]

@@ -3,8 +3,8 @@ opens the MLflow run, runs the FSDP2 workers with Ray Train and launches the per
 
 Restart semantics: Ray Train V2 keeps a run's state under ``<storage_path>/<name>/``; a job started again with
 the same ``storage.name`` and ``storage.storage_path`` finds it and hands every worker the latest reported
-checkpoint (``ray.train.get_checkpoint()``; :mod:`protclip.ray_session` also looks in the run folder). ``FailureConfig(max_failures)`` restarts a lost worker group from that checkpoint within
-the same job. The MLflow run is continued only when the job resumes a checkpoint of that run (each checkpoint
+checkpoint (``ray.train.get_checkpoint()``; :mod:`protclip.ray_session` also looks in the run folder).
+``FailureConfig(max_failures)`` restarts a lost worker group from that checkpoint within the same job. The MLflow run is continued only when the job resumes a checkpoint of that run (each checkpoint
 records the run key and MLflow run id; see :mod:`protclip.train.run_folder`): no checkpoint -> a new MLflow run; a
 checkpoint with a compatible config -> the same run, history continued; an incompatible change (model, data,
 objective, schedule length, global batch) -> one line and exit 2 asking for a new ``storage.name``. A job that
@@ -65,6 +65,15 @@ def preflight(cfg: PretrainConfig) -> None:
     storage.check_access(cfg.data.uri, access)
     storage.check_access(cfg.storage.storage_path, access, write=True)
     check_tracking(cfg.tracking)
+
+
+def start_round_settings(cfg: PretrainConfig, run_folder_uri: str) -> dict[str, Any]:
+    """The workers' part of the "before" round (``LoopConfig`` fields): checkpoint step 0 when a round will
+    score it, and wait for that round in ``run_folder_uri`` with ``eval.wait_at_start``."""
+    start = evals_at_start(cfg)
+    return {"checkpoint_at_start": start,
+            "wait_start_round_in": run_folder_uri if start and cfg.eval.wait_at_start else None,
+            "wait_start_round_s": cfg.eval.start_wait_timeout_s}
 
 
 def evals_at_start(cfg: PretrainConfig) -> bool:
@@ -208,9 +217,7 @@ def _train(cfg: PretrainConfig, data: Any, total: int, start_epoch: int, resumed
     export_uri = storage.join(uri, "export") if tc.export else None
     loop = LoopConfig(total_steps=total, start_epoch=start_epoch, run_id=run_id, tracking_uri=tracking_uri,
                       export_uri=export_uri, score_attribute=SCORE_ATTRIBUTE if has_val else None,
-                      checkpoint_at_start=bool(evals_at_start(cfg)), run_identity=identity,
-                      wait_start_round_in=uri if evals_at_start(cfg) and cfg.eval.wait_at_start else None,
-                      wait_start_round_s=cfg.eval.start_wait_timeout_s)
+                      run_identity=identity, **start_round_settings(cfg, uri))
     storage_path, storage_fs = ray_storage(cfg.storage.storage_path, access)
     datasets = {"train": data.train} | ({"val": val_ds} if has_val else {})
     trainer = TorchTrainer(

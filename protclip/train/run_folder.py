@@ -28,7 +28,8 @@ from protclip.config import ConfigError, flatten
 from protclip.train.checkpoint import RUN_IDENTITY, STATE_FILE, committed_manifest
 from protclip.train.config import TrainRunConfig
 
-__all__ = ["run_uri", "checkpoint_name", "round_done_marker", "mark_round_ended", "wait_for_round_end", "peek_latest_state", "run_key", "run_fingerprint", "run_identity", "resume_plan",
+__all__ = ["run_uri", "checkpoint_name", "round_done_marker", "mark_round_ended", "wait_for_round_end",
+           "peek_latest_state", "run_key", "run_fingerprint", "run_identity", "resume_plan",
            "ResumePlan", "ResumeConflict", "INCOMPATIBLE"]
 
 #: config keys (dotted prefixes) a resumed run must keep: change one and it is another run

@@ -58,6 +58,11 @@ def test_config_validation(tmp_path):
         from_dict(EvalScheduleConfig, {"every_steps": 2, "suites": [suite, suite]})
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         from_dict(EvalScheduleConfig, {"every_steps": 2})
+    with pytest.raises(ConfigError, match="wait_at_start needs eval.at_start"):
+        from_dict(EvalScheduleConfig, {"every_steps": 2, "suites": [suite], "wait_at_start": True})
+    with pytest.raises(ConfigError, match="start_wait_timeout_s must be >= 0"):
+        from_dict(EvalScheduleConfig, {"every_steps": 2, "suites": [suite], "at_start": True, "wait_at_start": True,
+                                       "start_wait_timeout_s": -1})
     with pytest.raises(ConfigError, match=r"\[a-z0-9_\]"):
         from_dict(EvalScheduleConfig, {"suites": [suite | {"name": "Bad-Name"}]})
     assert not from_dict(EvalScheduleConfig, {"suites": [suite]}).enabled  # every_steps 0: off

@@ -37,3 +37,21 @@ def test_storage_error_exit_3(tmp_path):
              "--storage.storage_path", str(tmp_path / "runs"))
     assert r.returncode == 3, r.stderr[-2000:]
     assert "storage error:" in r.stderr and "no_such_protanno" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_shipped_demo_config_makes_the_workers_wait_for_the_step_zero_round():
+    """real_small.yaml (the demo) checkpoints step 0 and waits for its round in the run folder; without tracking
+    there is no round and nothing to wait for; tiny.yaml evaluates nothing at step 0."""
+    from protclip.config import load_config
+    from protclip.paths import REPO_ROOT
+    from protclip.recipes.pretrain import PretrainConfig, start_round_settings
+
+    demo = load_config(PretrainConfig, REPO_ROOT / "jobs/configs/real_small.yaml")
+    assert start_round_settings(demo, "runs/real_small") == {
+        "checkpoint_at_start": True, "wait_start_round_in": "runs/real_small",
+        "wait_start_round_s": demo.eval.start_wait_timeout_s}
+    untracked = load_config(PretrainConfig, REPO_ROOT / "jobs/configs/real_small.yaml", {"tracking.enabled": "false"})
+    assert start_round_settings(untracked, "r")["checkpoint_at_start"] is False
+    assert start_round_settings(untracked, "r")["wait_start_round_in"] is None
+    tiny = load_config(PretrainConfig, REPO_ROOT / "jobs/configs/tiny.yaml")
+    assert start_round_settings(tiny, "r")["wait_start_round_in"] is None
